@@ -1,0 +1,62 @@
+"""The ``worldmodels`` command: one module per subcommand, each with ``--help``.
+
+A subcommand module defines ``NAME``, ``HELP``, ``add_arguments(parser)`` and ``run(args)``.
+Errors the user can fix (bad names, bad counts, missing or corrupt files) end in a one-line
+message and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from worldmodels import __version__
+
+COMMANDS = ["collect", "info"]
+
+USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, NotADirectoryError)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="worldmodels",
+        description="World Models (Ha & Schmidhuber, 2018): collect, train V, M and C, evaluate.",
+    )
+    parser.add_argument("--version", action="version", version=f"worldmodels {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMANDS:
+        module = importlib.import_module(f"worldmodels.cli.{name.replace('-', '_')}")
+        p = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP)
+        module.add_arguments(p)
+        p.set_defaults(run=module.run)
+    return parser
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    from worldmodels.data.store import StoreError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args) or 0
+    except (StoreError, *USER_ERRORS) as e:
+        print(f"worldmodels {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            f"\nworldmodels {args.command}: interrupted; finished work is kept, "
+            "run the same command again to resume",
+            file=sys.stderr,
+        )
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""``worldmodels collect``: exploration rollouts into an episode store."""
+
+from __future__ import annotations
+
+from worldmodels.cli import positive_int
+from worldmodels.config import CollectConfig
+from worldmodels.data.policies import POLICIES
+from worldmodels.envs.carracing import BACKENDS, ENV_IDS
+
+NAME = "collect"
+HELP = "Collect exploration rollouts into an episode store (resumable)."
+
+
+def add_arguments(p) -> None:
+    d = CollectConfig()
+    p.add_argument("--out", required=True, help="store folder (created, or resumed if it exists)")
+    p.add_argument("--env", default=d.env, help=f"environment: {', '.join(ENV_IDS)}")
+    p.add_argument("--backend", default=d.backend, help=f"{' | '.join(BACKENDS)} (default auto)")
+    p.add_argument("--episodes", type=positive_int, default=d.episodes, help="episodes in total")
+    p.add_argument("--max-steps", type=positive_int, default=d.max_steps, help="steps per episode")
+    p.add_argument("--policy", default=d.policy, help=f"exploration: {', '.join(POLICIES)}")
+    p.add_argument("--num-envs", type=positive_int, default=d.num_envs, help="envs in one batch")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=d.workers,
+        help="gymnasium subprocesses (default one per core; 0 = in process)",
+    )
+    p.add_argument("--seed", type=int, default=d.seed, help="episode i uses seed + i")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args) -> int:
+    from worldmodels.data.collect import collect
+
+    config = CollectConfig(
+        env=args.env,
+        backend=args.backend,
+        episodes=args.episodes,
+        max_steps=args.max_steps,
+        policy=args.policy,
+        num_envs=args.num_envs,
+        workers=args.workers,
+        seed=args.seed,
+    )
+    summary = collect(config, args.out, progress=not args.no_progress)
+    print(summary.line())
+    return 0

@@ -1,0 +1,166 @@
+"""Collect exploration rollouts into an episode store, batched across environments.
+
+Every environment slot runs episodes back to back: when its episode ends, the slot is written
+out and immediately starts the next missing episode, so no slot waits for the slowest one.
+Episode ``i`` is seeded ``seed + i`` (gymnasium) and its policy draws from a generator seeded
+by ``(seed, i)``; a killed run started again collects only the episodes still missing.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from tqdm import tqdm
+
+from worldmodels.config import CollectConfig, to_dict
+from worldmodels.data.policies import make_policy
+from worldmodels.data.store import StoreWriter
+from worldmodels.envs.carracing import env_id_for, make_vec_env, resolve_backend
+from worldmodels.envs.preprocess import preprocess_frames
+
+
+@dataclass
+class CollectSummary:
+    episodes_new: int
+    episodes_total: int
+    frames_new: int
+    seconds: float
+    backend: str
+
+    @property
+    def frames_per_second(self) -> float:
+        return self.frames_new / max(self.seconds, 1e-9)
+
+    def line(self) -> str:
+        return (
+            f"collected {self.episodes_new} episodes ({self.frames_new} frames) in "
+            f"{self.seconds:.1f} s, {self.frames_per_second:.0f} frames/s on {self.backend}; "
+            f"store holds {self.episodes_total} episodes"
+        )
+
+
+class _Slot:
+    """The steps of the episode running in one environment slot."""
+
+    def __init__(self, index: int):
+        self.index = index
+        self.obs, self.actions, self.rewards, self.terminated, self.truncated = [], [], [], [], []
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {
+            "obs": np.stack(self.obs),
+            "actions": np.asarray(self.actions, np.float32),
+            "rewards": np.asarray(self.rewards, np.float32),
+            "terminated": np.asarray(self.terminated, bool),
+            "truncated": np.asarray(self.truncated, bool),
+        }
+
+
+def open_store_for(config: CollectConfig, out: str, backend: str) -> StoreWriter:
+    identity = {
+        "env": config.env,
+        "env_id": env_id_for(config.env),
+        "backend": backend,
+        "policy": config.policy,
+        "max_steps": config.max_steps,
+        "seed": config.seed,
+        "frame_shape": [64, 64, 3],
+    }
+    return StoreWriter(out, "episodes", identity, extra={"config": to_dict(config)})
+
+
+def collect(config: CollectConfig, out: str, progress: bool = True) -> CollectSummary:
+    """Fill the store at ``out`` with ``config.episodes`` episodes, resuming if it has some."""
+    config.validate()
+    env_id_for(config.env)
+    make_policy(config.policy, 1)  # unknown names fail before anything is written
+    backend = resolve_backend(config.backend)
+    writer = open_store_for(config, out, backend)
+    done = writer.existing_indices()
+    todo = [i for i in range(config.episodes) if i not in done]
+    start = time.perf_counter()
+    frames = 0
+    if todo:
+        frames = _run(config, writer, backend, todo, progress)
+    total = len(writer.existing_indices())
+    writer.write_manifest(episodes=total)
+    return CollectSummary(len(todo), total, frames, time.perf_counter() - start, backend)
+
+
+def _run(config: CollectConfig, writer: StoreWriter, backend: str, todo: list[int], progress):
+    num_envs = min(config.num_envs, len(todo))
+    # EnvPool seeds its environments once, at make: a resumed run gets a fresh seed so that it
+    # does not replay the tracks of the run it resumes.
+    existing = len(writer.existing_indices())
+    pool_seed = int(np.random.SeedSequence([config.seed, existing]).generate_state(1)[0] >> 2)
+    env = make_vec_env(
+        config.env,
+        backend,
+        num_envs,
+        config.max_steps,
+        seed=pool_seed,
+        workers=config.workers,
+        quiet=True,
+    )
+    policy = make_policy(config.policy, num_envs)
+    queue = list(todo)
+    slots: list[_Slot | None] = [None] * num_envs
+    frames = 0
+    bar = tqdm(total=len(todo), desc="collect", unit="ep", disable=not progress)
+    start = time.perf_counter()
+    try:
+        obs = env.reset(mask=np.zeros(num_envs, bool))
+        starting = np.zeros(num_envs, bool)
+        seeds: list[int | None] = [None] * num_envs
+        for s in range(num_envs):
+            index = queue.pop(0)
+            slots[s] = _Slot(index)
+            policy.start(s, np.random.default_rng([config.seed, index]))
+            seeds[s] = config.seed + index
+            starting[s] = True
+        obs = env.reset(mask=starting, seeds=seeds)
+        while any(slot is not None for slot in slots):
+            active = np.array([slot is not None for slot in slots])
+            small = np.zeros((num_envs, 64, 64, 3), np.uint8)
+            small[active] = preprocess_frames(obs[active])
+            actions = policy.act(small, active)
+            result = env.step(actions, active)
+            starting[:] = False
+            for s in np.flatnonzero(active):
+                slot = slots[s]
+                slot.obs.append(small[s])
+                slot.actions.append(actions[s])
+                slot.rewards.append(result.reward[s])
+                slot.terminated.append(result.terminated[s])
+                slot.truncated.append(result.truncated[s])
+                if result.terminated[s] or result.truncated[s]:
+                    _finish(writer, slot, backend, config, pool_seed + int(s))
+                    frames += len(slot.obs)
+                    bar.update(1)
+                    bar.set_postfix(fps=f"{frames / (time.perf_counter() - start):.0f}")
+                    slots[s] = None
+                    if queue:
+                        index = queue.pop(0)
+                        slots[s] = _Slot(index)
+                        policy.start(s, np.random.default_rng([config.seed, index]))
+                        seeds[s] = config.seed + index
+                        starting[s] = True
+            obs = env.reset(mask=starting, seeds=seeds) if starting.any() else result.obs
+    finally:
+        bar.close()
+        env.close()
+    return frames
+
+
+def _finish(writer: StoreWriter, slot: _Slot, backend: str, config: CollectConfig, env_seed: int):
+    arrays = slot.arrays()
+    meta = {
+        "return": float(arrays["rewards"].sum()),
+        "length": len(arrays["rewards"]),
+        # gymnasium: the episode's own seed; EnvPool: the seed of the environment it ran in
+        "seed": config.seed + slot.index if backend == "gymnasium" else None,
+        "env_seed": env_seed if backend == "envpool" else None,
+    }
+    writer.add(slot.index, arrays, meta)

@@ -1,0 +1,103 @@
+"""Exploration policies for collection, batched over environment slots and selected by name.
+
+Each slot has its own random generator, seeded per episode, so an episode's actions depend
+only on its seed and its frames, not on which slot ran it or what ran beside it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from worldmodels.envs.carracing import ACTION_HIGH, ACTION_LOW
+
+
+class ExplorationPolicy:
+    name: str
+
+    def __init__(self, num_slots: int):
+        self.num_slots = num_slots
+        self.rngs: list[np.random.Generator | None] = [None] * num_slots
+
+    def start(self, slot: int, rng: np.random.Generator) -> None:
+        """Begin a new episode in ``slot``, drawing its randomness from ``rng``."""
+        self.rngs[slot] = rng
+
+    def act(self, frames: np.ndarray, active: np.ndarray) -> np.ndarray:
+        """Actions (N, 3) for preprocessed frames (N, 64, 64, 3); inactive rows are zeros."""
+        raise NotImplementedError
+
+
+class BrownianPolicy(ExplorationPolicy):
+    """A smooth random walk on the actions: a_{t+1} = clip(a_t + sigma * sqrt(dt) * N(0, 1)).
+
+    Starts from a uniform draw in the action box. Smooth actions drive further along the track
+    than white noise, so the data set sees more of the road.
+    """
+
+    name = "brownian"
+
+    def __init__(self, num_slots: int, sigma: float = 1.0, dt: float = 1 / 50):
+        super().__init__(num_slots)
+        self.step_std = sigma * np.sqrt(dt)
+        self.actions = np.zeros((num_slots, 3), np.float32)
+
+    def start(self, slot, rng):
+        super().start(slot, rng)
+        self.actions[slot] = rng.uniform(ACTION_LOW, ACTION_HIGH)
+
+    def act(self, frames, active):
+        out = np.zeros((self.num_slots, 3), np.float32)
+        for slot in np.flatnonzero(active):
+            noise = self.rngs[slot].standard_normal(3) * self.step_std
+            self.actions[slot] = np.clip(self.actions[slot] + noise, ACTION_LOW, ACTION_HIGH)
+            out[slot] = self.actions[slot]
+        return out
+
+
+class RandomWeightsPolicy(ExplorationPolicy):
+    """The paper's collection policy: per episode, a controller with fresh random weights.
+
+    The 2018 code drew every controller weight from N(0, s^2) with s ~ U(0, 0.01) per episode
+    and fed it [z, h] from an untrained V and M. Here a fixed random projection of the frame to
+    z + h = 288 features stands in for the untrained V and M (same role, no networks to run).
+    Actions are squashed as the controller's: steer tanh, gas (tanh + 1) / 2, brake
+    clip(tanh, 0, 1). Such tiny weights mostly drive straight at half throttle, as in the paper.
+    """
+
+    name = "random_weights"
+
+    def __init__(self, num_slots: int, features: int = 288, max_std: float = 0.01, seed: int = 0):
+        super().__init__(num_slots)
+        self.max_std = max_std
+        proj_rng = np.random.default_rng(seed)
+        self.projection = proj_rng.standard_normal((64 * 64 * 3, features)).astype(np.float32)
+        self.projection /= np.sqrt(64 * 64 * 3)
+        self.weights = np.zeros((num_slots, features + 1, 3), np.float32)
+
+    def start(self, slot, rng):
+        super().start(slot, rng)
+        std = rng.uniform(0.0, self.max_std)
+        self.weights[slot] = rng.standard_normal(self.weights.shape[1:]) * std
+
+    def act(self, frames, active):
+        out = np.zeros((self.num_slots, 3), np.float32)
+        ids = np.flatnonzero(active)
+        if ids.size == 0:
+            return out
+        x = frames[ids].reshape(len(ids), -1).astype(np.float32) / 127.5 - 1.0
+        feats = np.concatenate([x @ self.projection, np.ones((len(ids), 1), np.float32)], 1)
+        raw = np.tanh(np.einsum("nf,nfa->na", feats, self.weights[ids]))
+        out[ids, 0] = raw[:, 0]
+        out[ids, 1] = (raw[:, 1] + 1) / 2
+        out[ids, 2] = np.clip(raw[:, 2], 0, 1)
+        return out
+
+
+POLICIES = {p.name: p for p in (BrownianPolicy, RandomWeightsPolicy)}
+
+
+def make_policy(name: str, num_slots: int) -> ExplorationPolicy:
+    try:
+        return POLICIES[name](num_slots)
+    except KeyError:
+        raise ValueError(f"unknown policy {name!r}; choose one of {', '.join(POLICIES)}") from None

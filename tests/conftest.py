@@ -1,0 +1,23 @@
+"""Shared fixtures: small stores of real CarRacing episodes, collected once per test session."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from worldmodels.config import CollectConfig
+from worldmodels.data.collect import collect
+from worldmodels.envs.carracing import envpool_available
+
+torch.set_num_threads(2)
+
+FAST_BACKEND = "envpool" if envpool_available() else "gymnasium"
+
+
+@pytest.fixture(scope="session")
+def small_store(tmp_path_factory):
+    """Six real CarRacing episodes of 80 steps (brownian policy), on the fastest backend."""
+    out = tmp_path_factory.mktemp("store") / "episodes"
+    config = CollectConfig(backend=FAST_BACKEND, episodes=6, max_steps=80, num_envs=3, seed=7)
+    collect(config, str(out), progress=False)
+    return out
