@@ -198,7 +198,10 @@ class GymnasiumCarRacing(VecCarRacing):
         for i in items:
             by_worker.setdefault(i % self.workers, []).append(i)
         for w, ids in by_worker.items():
-            self._conns[w].send((cmd, [(i // self.workers, items[i]) for i in ids]))
+            try:
+                self._conns[w].send((cmd, [(i // self.workers, items[i]) for i in ids]))
+            except (BrokenPipeError, ConnectionResetError):
+                self._worker_died(w)
         out = {}
         for w, ids in by_worker.items():
             out.update(zip(ids, self._receive(w), strict=True))
@@ -208,12 +211,15 @@ class GymnasiumCarRacing(VecCarRacing):
         try:
             status, payload = self._conns[w].recv()
         except (EOFError, ConnectionResetError):
-            self._procs[w].join(timeout=1)
-            code = self._procs[w].exitcode
-            raise RuntimeError(f"gymnasium worker {w} died (exit code {code})") from None
+            self._worker_died(w)
         if status == "error":
             raise RuntimeError(f"gymnasium worker {w} failed:\n{payload}")
         return payload
+
+    def _worker_died(self, w: int):
+        self._procs[w].join(timeout=1)
+        code = self._procs[w].exitcode
+        raise RuntimeError(f"gymnasium worker {w} died (exit code {code})") from None
 
     def _reset_ids(self, ids, seeds):
         items = {
@@ -301,11 +307,12 @@ def make_vec_env(
 ) -> VecCarRacing:
     """The one factory for batches of environments.
 
-    ``seed`` seeds EnvPool's pool at make; ``workers`` is the number of gymnasium subprocesses
-    (default: one per core, at most one per env; 0 runs them in this process).
+    ``seed`` seeds EnvPool's pool at make. ``workers`` is the number of gymnasium subprocesses
+    (default: one per core, at most one per env; 0 runs them in this process) or of EnvPool
+    threads (default or 0: EnvPool's choice).
     """
     env_id_for(env)
     backend = resolve_backend(backend, quiet=quiet)
     if backend == "envpool":
-        return EnvPoolCarRacing(num_envs, max_steps, seed=seed)
+        return EnvPoolCarRacing(num_envs, max_steps, seed=seed, num_threads=workers or 0)
     return GymnasiumCarRacing(num_envs, max_steps, workers=workers)
