@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import typing
@@ -48,13 +49,15 @@ class VAEConfig:
     val_episodes: int = 1  # held-out episodes for validation loss and pictures
     checkpoint_every: int = 500
     log_every: int = 50
+    val_every: int = 500  # validation loss and a picture in TensorBoard (and at the end)
     device: str = "auto"
     bf16: bool = False  # CUDA only
     channels_last: bool = False  # CUDA only
     seed: int = 0
 
     def validate(self) -> None:
-        for name in ("z_size", "batch_size", "epochs", "checkpoint_every", "log_every"):
+        names = ("z_size", "batch_size", "epochs", "checkpoint_every", "log_every", "val_every")
+        for name in names:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.max_steps is not None and self.max_steps < 1:
@@ -82,8 +85,12 @@ class MDNRNNConfig:
     grad_clip: float = 1.0
     steps: int = 4000
     val_episodes: int = 1
+    val_every: int = 200  # validation NLL on the held-out episodes every this many steps
     checkpoint_every: int = 200
     log_every: int = 20
+    z_size: int | None = None  # None: take it from the series store; else it must match
+    action_size: int | None = None  # likewise
+    pad_short: bool = False  # allow episodes shorter than seq_len + 1 (padded, masked)
     device: str = "auto"
     seed: int = 0
 
@@ -94,6 +101,7 @@ class MDNRNNConfig:
             "seq_len",
             "batch_size",
             "steps",
+            "val_every",
             "checkpoint_every",
             "log_every",
         ):
@@ -101,8 +109,77 @@ class MDNRNNConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.learning_rate <= 0 or self.grad_clip <= 0:
             raise ValueError("learning_rate and grad_clip must be positive")
+        if not 0 < self.lr_decay <= 1 or self.min_learning_rate < 0:
+            raise ValueError(
+                f"lr_decay must be in (0, 1] and min_learning_rate >= 0, got "
+                f"{self.lr_decay} and {self.min_learning_rate}"
+            )
         if self.val_episodes < 0:
             raise ValueError(f"val_episodes must be >= 0, got {self.val_episodes}")
+        for name in ("z_size", "action_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be positive, got {value}")
+
+
+@dataclass
+class ControllerConfig:
+    """Evolving C with CMA-ES (paper: pop 64, 16 rollouts each, sigma0 0.1, 1,800 generations)."""
+
+    mode: str = "zh"  # zh | z | z_hidden (the paper's ablations)
+    popsize: int = 64
+    sigma0: float = 0.1
+    rollouts: int = 16  # episodes per candidate; fitness = their mean return
+    generations: int = 1800
+    time_budget_s: float | None = None  # also stop after this much wall time
+    early_stop: int | None = None  # training only: end an episode after N steps without reward
+    weight_decay: float = 0.0  # fitness -= weight_decay * mean(params^2)
+    eval_every: int = 25  # evaluate the distribution mean every N generations (0: never)
+    eval_episodes: int = 1024
+    eval_seed: int = 1_000_000  # evaluation episodes use eval_seed, eval_seed + 1, ...
+    backend: str = "auto"
+    num_envs: int = 64
+    workers: int | None = None
+    max_steps: int = 1000
+    z_mode: str = "sample"  # sample z ~ N(mu, sigma) as the 2018 code, or use mu
+    device: str = "auto"
+    seed: int = 0
+
+    def validate(self) -> None:
+        for name in (
+            "popsize",
+            "rollouts",
+            "generations",
+            "eval_episodes",
+            "num_envs",
+            "max_steps",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.popsize < 2:
+            raise ValueError("popsize must be at least 2 for CMA-ES")
+        if self.sigma0 <= 0:
+            raise ValueError(f"sigma0 must be positive, got {self.sigma0}")
+        if self.early_stop is not None and self.early_stop < 1:
+            raise ValueError(f"early_stop must be positive, got {self.early_stop}")
+        if self.eval_every < 0 or self.weight_decay < 0:
+            raise ValueError("eval_every and weight_decay must be >= 0")
+
+
+@dataclass
+class EvalConfig:
+    """Scoring on gymnasium CarRacing-v3, the reference: episode i plays seed + i, in full."""
+
+    episodes: int = 100
+    seed: int = 0
+    num_envs: int = 8
+    backend: str = "gymnasium"
+    max_steps: int = 1000
+
+    def validate(self) -> None:
+        for name in ("episodes", "num_envs", "max_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
 
 
 @dataclass
@@ -112,30 +189,66 @@ class PipelineConfig:
     collect: CollectConfig = field(default_factory=CollectConfig)
     vae: VAEConfig = field(default_factory=VAEConfig)
     mdrnn: MDNRNNConfig = field(default_factory=MDNRNNConfig)
+    controller: ControllerConfig = field(default_factory=ControllerConfig)
+    evaluate: EvalConfig = field(default_factory=EvalConfig)
 
 
 PRESETS: dict[str, PipelineConfig] = {
+    # every stage on tiny sizes: minutes on 2 cores; the tests run it end to end
     "smoke": PipelineConfig(
-        collect=CollectConfig(episodes=4, max_steps=60, num_envs=4, policy="brownian"),
+        collect=CollectConfig(episodes=4, max_steps=60, num_envs=4),
         vae=VAEConfig(max_steps=20, batch_size=32, checkpoint_every=10, log_every=5),
         mdrnn=MDNRNNConfig(seq_len=30, batch_size=4, steps=20, checkpoint_every=10, log_every=5),
-    ),
-    "laptop": PipelineConfig(
-        collect=CollectConfig(episodes=200, max_steps=1000, num_envs=16, policy="brownian"),
-        vae=VAEConfig(epochs=3, learning_rate=3e-4),
-        mdrnn=MDNRNNConfig(seq_len=999, batch_size=16, steps=600),
-    ),
-    "paper": PipelineConfig(
-        collect=CollectConfig(
-            episodes=10_000, max_steps=1000, num_envs=64, policy="random_weights"
+        controller=ControllerConfig(
+            popsize=4,
+            rollouts=1,
+            generations=2,
+            num_envs=4,
+            max_steps=50,
+            eval_every=1,
+            eval_episodes=2,
+            early_stop=20,
         ),
+        evaluate=EvalConfig(episodes=2, num_envs=2, max_steps=50),
+    ),
+    # the best agent a 2-core machine trains from scratch in about 2 hours
+    "laptop": PipelineConfig(
+        collect=CollectConfig(episodes=120, max_steps=1000, num_envs=16),
+        vae=VAEConfig(max_steps=2400, learning_rate=3e-4, checkpoint_every=400),
+        mdrnn=MDNRNNConfig(seq_len=200, batch_size=32, steps=800),
+        controller=ControllerConfig(
+            popsize=16,
+            rollouts=2,
+            generations=10_000,
+            time_budget_s=80 * 60,
+            early_stop=50,
+            num_envs=32,
+            eval_every=10,
+            eval_episodes=16,
+        ),
+        evaluate=EvalConfig(episodes=100, num_envs=8),
+    ),
+    # the paper's settings: 10,000 episodes, pop 64 x 16 rollouts, 1,800 generations
+    "paper": PipelineConfig(
+        collect=CollectConfig(episodes=10_000, num_envs=64, policy="random_weights"),
+        vae=VAEConfig(epochs=10),
+        mdrnn=MDNRNNConfig(steps=4000),
+        controller=ControllerConfig(
+            popsize=64,
+            rollouts=16,
+            generations=1800,
+            num_envs=128,
+            eval_every=25,
+            eval_episodes=1024,
+        ),
+        evaluate=EvalConfig(episodes=100),
     ),
 }
 
 
 def preset(name: str) -> PipelineConfig:
     try:
-        return dataclasses.replace(PRESETS[name])
+        return copy.deepcopy(PRESETS[name])
     except KeyError:
         raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}") from None
 

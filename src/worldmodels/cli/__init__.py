@@ -13,7 +13,16 @@ import sys
 
 from worldmodels import __version__
 
-COMMANDS = ["collect", "info"]
+COMMANDS = [
+    "collect",
+    "train-vae",
+    "encode",
+    "train-mdrnn",
+    "train-controller",
+    "evaluate",
+    "pipeline",
+    "info",
+]
 
 USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, NotADirectoryError)
 

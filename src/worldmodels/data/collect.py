@@ -19,6 +19,7 @@ from worldmodels.data.policies import make_policy
 from worldmodels.data.store import StoreWriter
 from worldmodels.envs.carracing import env_id_for, make_vec_env, resolve_backend
 from worldmodels.envs.preprocess import preprocess_frames
+from worldmodels.utils.device import torch_threads
 
 
 @dataclass
@@ -83,7 +84,10 @@ def collect(config: CollectConfig, out: str, progress: bool = True) -> CollectSu
     start = time.perf_counter()
     frames = 0
     if todo:
-        frames = _run(config, writer, backend, todo, progress)
+        # one torch thread: preprocessing is light, and idle OpenMP threads would spin on
+        # the cores the environments need
+        with torch_threads(1):
+            frames = _run(config, writer, backend, todo, progress)
     total = len(writer.existing_indices())
     writer.write_manifest(episodes=total)
     return CollectSummary(len(todo), total, frames, time.perf_counter() - start, backend)

@@ -148,6 +148,40 @@ class Episode:
             )
         return self._arrays[name]
 
+    def array_spec(self, name: str) -> tuple[tuple[int, ...], np.dtype]:
+        """The named array's (shape, dtype), from the header alone."""
+        if name not in self._specs:
+            raise KeyError(f"{self.path}: no array {name!r}; it has {', '.join(self._specs)}")
+        spec = self._specs[name]
+        return tuple(spec["shape"]), np.dtype(spec["dtype"])
+
+    def read(self, name: str, rows: np.ndarray | None = None) -> np.ndarray:
+        """Rows of the named array (all if ``rows`` is None) read into memory with plain reads.
+
+        Unlike ``episode[name]`` no memory map is kept, so nothing of the file stays resident in
+        this process: random access over a whole store keeps memory flat. Rows may come in any
+        order and repeat; each run of consecutive rows is read in one call.
+        """
+        shape, dtype = self.array_spec(name)
+        row_bytes = dtype.itemsize * int(np.prod(shape[1:], dtype=np.int64))
+        rows = range(shape[0]) if rows is None else np.asarray(rows, np.int64).ravel().tolist()
+        if rows and (min(rows) < 0 or max(rows) >= shape[0]):
+            raise IndexError(f"{self.path}: rows out of range for {name!r} of length {shape[0]}")
+        out = np.empty((len(rows), *shape[1:]), dtype)
+        view = memoryview(out.reshape(-1).view(np.uint8))
+        base = self._start + self._specs[name]["offset"]
+        with open(self.path, "rb", buffering=0) as f:
+            i = 0
+            while i < len(rows):
+                j = i + 1
+                while j < len(rows) and rows[j] == rows[j - 1] + 1:
+                    j += 1
+                f.seek(base + rows[i] * row_bytes)
+                if f.readinto(view[i * row_bytes : j * row_bytes]) != (j - i) * row_bytes:
+                    raise StoreError(f"{self.path}: truncated while reading {name!r}")
+                i = j
+        return out
+
     def load(self) -> dict[str, np.ndarray]:
         """All arrays copied into memory."""
         return {name: np.array(self[name]) for name in self._specs}
@@ -230,17 +264,24 @@ class EpisodeStore:
         ep = np.searchsorted(self.offsets, step, side="right") - 1
         return ep, step - self.offsets[ep]
 
-    def get_frames(self, steps: np.ndarray, key: str = "obs") -> np.ndarray:
-        """Gather ``key`` at global step numbers (any order) into one in-memory array."""
+    def get_frames(self, steps: np.ndarray, key: str = "obs", mmap: bool = True) -> np.ndarray:
+        """Gather ``key`` at global step numbers (any order) into one in-memory array.
+
+        ``mmap=False`` reads with plain file reads (``Episode.read``) instead of through the
+        episodes' memory maps, so that nothing stays resident: for streaming over a large store.
+        """
         steps = np.asarray(steps, dtype=np.int64)
-        eps, local = self.locate(steps)
-        first = self[int(eps[0])][key] if steps.size else None
-        if first is None:
+        if not steps.size:
             raise ValueError("no steps requested")
-        out = np.empty((len(steps), *first.shape[1:]), dtype=first.dtype)
-        for e in np.unique(eps):
-            sel = np.flatnonzero(eps == e)
-            out[sel] = self[int(e)][key][local[sel]]
+        eps, local = self.locate(steps)
+        order = np.argsort(eps, kind="stable")
+        out = None
+        for sel in np.split(order, np.flatnonzero(np.diff(eps[order])) + 1):
+            ep = self[int(eps[sel[0]])]
+            rows = ep[key][local[sel]] if mmap else ep.read(key, local[sel])
+            if out is None:
+                out = np.empty((len(steps), *rows.shape[1:]), dtype=rows.dtype)
+            out[sel] = rows
         return out
 
     def verify(self) -> None:

@@ -64,13 +64,18 @@ class Checkpointer:
         return load_checkpoint(self.latest, map_location)
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint written by this package; a missing or corrupt file is named."""
+def load_checkpoint(
+    path: str | Path, map_location: str | torch.device = "cpu", weights_only: bool = False
+) -> dict[str, Any]:
+    """Load a checkpoint written by this package; a missing or corrupt file is named.
+
+    ``weights_only=True`` refuses arbitrary pickled objects: for files that get shared (models).
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
+        state = torch.load(path, map_location=map_location, weights_only=weights_only)
     except Exception as e:  # torch raises several types for a damaged file
         raise ValueError(f"checkpoint {path} is corrupt or not a torch file: {e}") from None
     if not isinstance(state, dict):
@@ -88,8 +93,8 @@ def check_finite(loss: torch.Tensor, step: int, checkpoints: Checkpointer) -> No
         )
 
 
-def summary_writer(log_dir: str | Path):
-    """A TensorBoard writer."""
+def summary_writer(log_dir: str | Path, purge_step: int | None = None):
+    """A TensorBoard writer; ``purge_step`` hides what a killed run logged after its checkpoint."""
     from torch.utils.tensorboard import SummaryWriter
 
-    return SummaryWriter(log_dir=str(log_dir))
+    return SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)

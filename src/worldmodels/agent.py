@@ -1,0 +1,90 @@
+"""The trained agent as users call it: ``Agent.load(run_dir)``, ``reset``, ``act``.
+
+    agent = worldmodels.Agent.load("runs/laptop")
+    agent.reset(batch_size=8)
+    actions = agent.act(frames)  # frames: uint8 (8, 96, 96, 3) raw CarRacing observations
+
+``act`` preprocesses, encodes (V), applies C to [z, h] and steps M's LSTM, for the whole batch
+in one call; the actions are float32 (B, 3), ready for ``env.step``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from worldmodels.controller.model import ControllerSpec, check_params
+from worldmodels.controller.policy import WorldModelPolicy
+from worldmodels.utils.device import pick_device
+
+
+def find_controller_dir(run_dir: str | Path) -> Path:
+    """The folder holding controller.json: ``run_dir/controller`` or ``run_dir`` itself."""
+    from worldmodels.controller.train import CONTROLLER_JSON
+
+    run_dir = Path(run_dir)
+    for folder in (run_dir / "controller", run_dir):
+        if (folder / CONTROLLER_JSON).exists():
+            return folder
+    raise FileNotFoundError(
+        f"{run_dir}: no trained controller found (expected "
+        f"{run_dir / 'controller' / CONTROLLER_JSON} from `worldmodels train-controller` "
+        "or `worldmodels pipeline`)"
+    )
+
+
+class Agent:
+    def __init__(self, policy: WorldModelPolicy, params: np.ndarray):
+        self.policy = policy
+        self.spec = policy.spec
+        self.params = check_params(params, self.spec)
+        self._params_t = torch.as_tensor(self.params, dtype=torch.float32, device=policy.device)
+        self.batch_size = 0
+        self.last_z: torch.Tensor | None = None
+
+    @classmethod
+    def load(cls, run_dir: str | Path, device: str = "auto", which: str = "best") -> Agent:
+        """Load V, M and C of a run folder; ``which`` is ``best`` or ``latest`` parameters."""
+        from worldmodels.controller.train import BEST, LATEST, read_controller_json
+        from worldmodels.memory.train import load_mdrnn
+        from worldmodels.vision.train import load_vae
+
+        if which not in ("best", "latest"):
+            raise ValueError(f"which must be 'best' or 'latest', got {which!r}")
+        folder = find_controller_dir(run_dir)
+        info = read_controller_json(folder)
+        spec = ControllerSpec(**info["spec"])
+        base = folder / info.get("relative_to", "..")
+        dev = pick_device(device)
+        vae = load_vae(base / info["vae"], dev)
+        mdrnn = load_mdrnn(base / info["mdrnn"], dev) if spec.uses_memory else None
+        params_path = folder / (BEST if which == "best" else LATEST)
+        if not params_path.exists():
+            raise FileNotFoundError(f"controller parameters not found: {params_path}")
+        try:
+            params = np.load(params_path)
+        except Exception as e:
+            raise ValueError(f"controller parameters {params_path} are corrupt: {e}") from None
+        params = check_params(params, spec, source=str(params_path))
+        policy = WorldModelPolicy(vae, mdrnn, spec, dev, z_mode=info.get("z_mode", "sample"))
+        return cls(policy, params)
+
+    def reset(self, batch_size: int = 1, seeds: list[int | None] | None = None) -> None:
+        """Start ``batch_size`` new episodes; ``seeds`` seed each one's z-sampling noise."""
+        self.batch_size = batch_size
+        self.policy.reset(batch_size)
+        self.policy.start(np.arange(batch_size), seeds or [None] * batch_size)
+
+    def act(self, frames: np.ndarray) -> np.ndarray:
+        frames = np.asarray(frames)
+        if frames.ndim != 4 or frames.shape[0] != self.batch_size:
+            raise ValueError(
+                f"expected frames ({self.batch_size}, 96, 96, 3) after "
+                f"reset({self.batch_size}), got {frames.shape}"
+            )
+        slots = np.arange(self.batch_size)
+        params = self._params_t.expand(self.batch_size, -1)
+        actions, self.last_z = self.policy.act(frames, slots, params)
+        return actions

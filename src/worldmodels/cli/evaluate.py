@@ -1,0 +1,58 @@
+"""``worldmodels evaluate``: score a trained agent on gymnasium CarRacing-v3."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from worldmodels.cli import positive_int
+from worldmodels.config import EvalConfig
+
+NAME = "evaluate"
+HELP = "Score a run's agent over N full gymnasium episodes (seeds S, S+1, ...): mean +- std."
+
+
+def add_arguments(p) -> None:
+    d = EvalConfig()
+    p.add_argument("run_dir", help="a pipeline run folder, or a train-controller output folder")
+    p.add_argument("--episodes", type=positive_int, default=d.episodes)
+    p.add_argument("--seed", type=int, default=d.seed, help="episode i uses seed S + i")
+    p.add_argument("--num-envs", type=positive_int, default=d.num_envs)
+    p.add_argument("--workers", type=int, default=None, help="gymnasium subprocesses")
+    p.add_argument(
+        "--backend",
+        default=d.backend,
+        help="gymnasium (the reference for reported scores) or envpool",
+    )
+    p.add_argument("--max-steps", type=positive_int, default=d.max_steps)
+    p.add_argument("--params", default="best", choices=("best", "latest"))
+    p.add_argument(
+        "--out", help="JSON with every episode's return and seed (default RUN_DIR/eval.json)"
+    )
+    p.add_argument("--video", help="also record the episode of --seed as a .gif or .mp4")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def run(args) -> int:
+    from worldmodels.agent import Agent
+    from worldmodels.controller.evaluate import evaluate_agent, record_video, save_eval
+
+    agent = Agent.load(args.run_dir, device=args.device, which=args.params)
+    result = evaluate_agent(
+        agent,
+        episodes=args.episodes,
+        seed=args.seed,
+        num_envs=args.num_envs,
+        backend=args.backend,
+        workers=args.workers,
+        max_steps=args.max_steps,
+        progress=not args.no_progress,
+    )
+    out = Path(args.out) if args.out else Path(args.run_dir) / "eval.json"
+    save_eval(result, out, args.run_dir)
+    print(result.line())
+    print(f"episode returns and seeds: {out}")
+    if args.video:
+        ret = record_video(agent, args.video, seed=args.seed, max_steps=args.max_steps)
+        print(f"video of seed {args.seed} (return {ret:.1f}): {args.video}")
+    return 0

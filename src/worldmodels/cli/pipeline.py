@@ -1,0 +1,33 @@
+"""``worldmodels pipeline``: every stage, from a named preset, resumable stage by stage."""
+
+from __future__ import annotations
+
+from worldmodels.config import PRESETS
+
+NAME = "pipeline"
+HELP = (
+    "Run collect -> train-vae -> encode -> train-mdrnn -> train-controller -> evaluate -> "
+    "report from a preset; run it again to resume."
+)
+
+
+def add_arguments(p) -> None:
+    p.add_argument(
+        "--preset",
+        default="smoke",
+        choices=list(PRESETS),
+        help="smoke: minutes; laptop: ~2 h on 2 cores; paper: the paper's settings",
+    )
+    p.add_argument("--out", required=True, help="run folder (created, or resumed)")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def run(args) -> int:
+    from worldmodels.config import preset
+    from worldmodels.pipeline import run_pipeline
+
+    paths = run_pipeline(
+        preset(args.preset), args.out, preset_name=args.preset, progress=not args.no_progress
+    )
+    print(f"pipeline finished: report in {paths.report}")
+    return 0

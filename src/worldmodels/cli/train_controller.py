@@ -1,0 +1,82 @@
+"""``worldmodels train-controller``: evolve C with CMA-ES on real environments."""
+
+from __future__ import annotations
+
+from worldmodels.cli import positive_int
+from worldmodels.config import ControllerConfig
+from worldmodels.controller.model import MODES
+
+NAME = "train-controller"
+HELP = "Evolve the controller with CMA-ES through the batched rollout engine (resumable)."
+
+
+def add_arguments(p) -> None:
+    d = ControllerConfig()
+    p.add_argument("--vae", required=True, help="V checkpoint (vae.pt from train-vae)")
+    p.add_argument("--mdrnn", help="M checkpoint (mdrnn.pt from train-mdrnn); needed by mode zh")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--mode", default=d.mode, choices=MODES, help="controller inputs (default zh)")
+    p.add_argument("--popsize", type=positive_int, default=d.popsize)
+    p.add_argument("--sigma0", type=float, default=d.sigma0)
+    p.add_argument(
+        "--rollouts",
+        type=positive_int,
+        default=d.rollouts,
+        help="episodes per candidate; fitness is their mean return",
+    )
+    p.add_argument("--generations", type=positive_int, default=d.generations)
+    p.add_argument("--time-budget", type=float, default=None, help="stop after this many minutes")
+    p.add_argument(
+        "--early-stop",
+        type=positive_int,
+        default=None,
+        help="training only: end an episode after N steps without reward",
+    )
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument(
+        "--eval-every",
+        type=int,
+        default=d.eval_every,
+        help="evaluate the distribution mean every N generations (0: never)",
+    )
+    p.add_argument("--eval-episodes", type=positive_int, default=d.eval_episodes)
+    p.add_argument("--backend", default=d.backend, help="auto | gymnasium | envpool")
+    p.add_argument("--num-envs", type=positive_int, default=d.num_envs)
+    p.add_argument("--workers", type=int, default=d.workers)
+    p.add_argument("--max-steps", type=positive_int, default=d.max_steps)
+    p.add_argument("--z-mode", default=d.z_mode, choices=("sample", "mean"))
+    p.add_argument("--device", default=d.device)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--resume", action="store_true", help="continue from the ES checkpoint")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def run(args) -> int:
+    from worldmodels.controller.train import train_controller
+
+    config = ControllerConfig(
+        mode=args.mode,
+        popsize=args.popsize,
+        sigma0=args.sigma0,
+        rollouts=args.rollouts,
+        generations=args.generations,
+        time_budget_s=None if args.time_budget is None else args.time_budget * 60,
+        early_stop=args.early_stop,
+        weight_decay=args.weight_decay,
+        eval_every=args.eval_every,
+        eval_episodes=args.eval_episodes,
+        backend=args.backend,
+        num_envs=args.num_envs,
+        workers=args.workers,
+        max_steps=args.max_steps,
+        z_mode=args.z_mode,
+        device=args.device,
+        seed=args.seed,
+    )
+    if config.mode == "zh" and args.mdrnn is None:
+        raise ValueError("controller mode 'zh' needs --mdrnn")
+    summary = train_controller(
+        args.vae, args.mdrnn, args.out, config, resume=args.resume, progress=not args.no_progress
+    )
+    print(summary.line())
+    return 0

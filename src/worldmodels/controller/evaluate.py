@@ -1,0 +1,138 @@
+"""Score an agent on gymnasium ``CarRacing-v3``: full episodes, explicit seeds, no shortcuts."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from worldmodels.agent import Agent
+from worldmodels.controller.rollout import RolloutEngine
+from worldmodels.envs.carracing import DEFAULT_MAX_STEPS, make_vec_env
+from worldmodels.utils.io import atomic_write_json
+
+
+@dataclass
+class EvalResult:
+    returns: np.ndarray
+    seeds: list[int]
+    backend: str
+    seconds: float
+
+    @property
+    def mean(self) -> float:
+        return float(self.returns.mean())
+
+    @property
+    def std(self) -> float:
+        return float(self.returns.std())
+
+    def line(self) -> str:
+        return (
+            f"{self.mean:.1f} +- {self.std:.1f} over {len(self.returns)} episodes "
+            f"({self.backend}, seeds {self.seeds[0]}..{self.seeds[-1]}, {self.seconds:.0f} s)"
+        )
+
+    def to_dict(self) -> dict:
+        return {
+            "mean": self.mean,
+            "std": self.std,
+            "episodes": len(self.returns),
+            "backend": self.backend,
+            "seconds": self.seconds,
+            "returns": [float(r) for r in self.returns],
+            "seeds": self.seeds,
+        }
+
+
+def evaluate_agent(
+    agent: Agent,
+    episodes: int = 100,
+    seed: int = 0,
+    num_envs: int = 8,
+    backend: str = "gymnasium",
+    workers: int | None = None,
+    max_steps: int = DEFAULT_MAX_STEPS,
+    progress: bool = True,
+) -> EvalResult:
+    """Episode i is played on seed ``seed + i``, to the end (no early stop)."""
+    if episodes < 1:
+        raise ValueError(f"episodes must be positive, got {episodes}")
+    seeds = [seed + i for i in range(episodes)]
+    start = time.perf_counter()
+    bar = tqdm(total=episodes, desc="evaluate", unit="ep", disable=not progress)
+    done: list[float] = []
+
+    def on_episode(job: int, ret: float) -> None:
+        done.append(ret)
+        bar.update(1)
+        bar.set_postfix(mean=f"{np.mean(done):.1f}")
+
+    with make_vec_env(
+        backend=backend,
+        num_envs=min(num_envs, episodes),
+        max_steps=max_steps,
+        seed=seed,
+        workers=workers,
+    ) as env:
+        engine = RolloutEngine(agent.policy, env)
+        result = engine.run(agent.params[None], [(0, s) for s in seeds], on_episode=on_episode)
+    bar.close()
+    return EvalResult(result.returns, seeds, env.backend, time.perf_counter() - start)
+
+
+def save_eval(result: EvalResult, path: str | Path, run_dir: str | Path) -> None:
+    atomic_write_json(path, {"run_dir": str(run_dir), **result.to_dict()})
+
+
+def record_video(
+    agent: Agent,
+    path: str | Path,
+    seed: int = 0,
+    max_steps: int = DEFAULT_MAX_STEPS,
+    scale: int = 3,
+) -> float:
+    """An episode as GIF/MP4: the road, the agent's 64x64 view and V's reconstruction of z."""
+    import imageio.v2 as imageio
+    import torch
+
+    from worldmodels.envs.preprocess import preprocess_frames
+    from worldmodels.vision.vae import output_to_frames
+
+    frames, total = [], 0.0
+    with make_vec_env(backend="gymnasium", num_envs=1, max_steps=max_steps, workers=0) as env:
+        obs = env.reset(seeds=[seed])
+        agent.reset(1, seeds=[seed])
+        for _ in range(max_steps):
+            action = agent.act(obs)
+            with torch.inference_mode():
+                recon = output_to_frames(agent.policy.vae.decode(agent.last_z))[0]
+            frames.append(_compose(obs[0], preprocess_frames(obs[0]), recon, scale))
+            result = env.step(action)
+            obs, total = result.obs, total + float(result.reward[0])
+            if result.terminated[0] or result.truncated[0]:
+                break
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".gif":
+        imageio.mimsave(path, frames[::2], duration=1000 / 25, loop=0)
+    else:
+        imageio.mimsave(path, frames, fps=50)
+    return total
+
+
+def _compose(road: np.ndarray, view: np.ndarray, recon: np.ndarray, scale: int) -> np.ndarray:
+    """[road 96x96 | agent's view 64x64 | reconstruction 64x64], upscaled, on one strip."""
+
+    def up(img, k):
+        return np.repeat(np.repeat(img, k, axis=0), k, axis=1)
+
+    h = 96 * scale
+    big_road = up(road, scale)
+    k = h // 64
+    pad = np.zeros((h - 64 * k, 64 * k, 3), np.uint8)
+    side = [np.concatenate([up(img, k), pad]) for img in (view, recon)]
+    return np.concatenate([big_road, *side], axis=1)

@@ -1,0 +1,88 @@
+"""V + M + C inference for a batch of environment slots, one network call per step for all.
+
+Every slot has its own LSTM state, its own controller parameter row and its own noise
+generator (for sampling z), so what happens in one slot does not depend on the others:
+running candidates side by side gives the same episodes as running each alone.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from worldmodels.controller.model import ControllerSpec, controller_actions
+from worldmodels.envs.preprocess import preprocess_frames
+from worldmodels.memory.mdrnn import MDNRNN
+from worldmodels.vision.vae import ConvVAE, frames_to_input
+
+Z_MODES = ("sample", "mean")
+
+
+class WorldModelPolicy:
+    """Raw CarRacing frames in, actions out: preprocess, encode (V), act (C), step M's LSTM.
+
+    ``z_mode="sample"`` draws z = mu + sigma * eps as the 2018 code did; ``"mean"`` uses mu.
+    """
+
+    def __init__(
+        self,
+        vae: ConvVAE,
+        mdrnn: MDNRNN | None,
+        spec: ControllerSpec,
+        device: torch.device | str = "cpu",
+        z_mode: str = "sample",
+    ):
+        if z_mode not in Z_MODES:
+            raise ValueError(f"unknown z_mode {z_mode!r}; choose one of {Z_MODES}")
+        if vae.z_size != spec.z_size:
+            raise ValueError(f"V has z={vae.z_size} but the controller expects z={spec.z_size}")
+        if spec.uses_memory:
+            if mdrnn is None:
+                raise ValueError(f"controller mode {spec.mode!r} needs M")
+            if mdrnn.z_size != spec.z_size or mdrnn.hidden_size != spec.hidden_size:
+                raise ValueError(
+                    f"M has z={mdrnn.z_size}, h={mdrnn.hidden_size} but the controller expects "
+                    f"z={spec.z_size}, h={spec.hidden_size}"
+                )
+        self.device = torch.device(device)
+        self.vae = vae.to(self.device).eval()
+        self.mdrnn = mdrnn.to(self.device).eval() if mdrnn is not None else None
+        self.spec = spec
+        self.z_mode = z_mode
+        self.reset(0)
+
+    def reset(self, num_slots: int) -> None:
+        hidden = self.spec.hidden_size
+        self.h = torch.zeros(1, num_slots, hidden, device=self.device)
+        self.c = torch.zeros(1, num_slots, hidden, device=self.device)
+        self.rngs = [np.random.default_rng() for _ in range(num_slots)]
+
+    def start(self, slots: np.ndarray, seeds: list[int | None]) -> None:
+        """New episodes in ``slots``: zero LSTM state, noise seeded by each episode's seed."""
+        slots = np.asarray(slots)
+        self.h[:, slots] = 0
+        self.c[:, slots] = 0
+        for slot, seed in zip(slots, seeds, strict=True):
+            self.rngs[slot] = np.random.default_rng(seed)
+
+    @torch.inference_mode()
+    def act(self, raw_frames: np.ndarray, slots: np.ndarray, params: torch.Tensor):
+        """Actions (n, 3) float32 for raw frames (n, 96, 96, 3) in ``slots``, and their z."""
+        slots = np.asarray(slots)
+        x = frames_to_input(preprocess_frames(raw_frames), self.device)
+        mu, logvar = self.vae.encode(x)
+        z = mu
+        if self.z_mode == "sample":
+            noise = np.stack([self.rngs[s].standard_normal(self.spec.z_size) for s in slots])
+            z = mu + torch.exp(0.5 * logvar) * torch.as_tensor(
+                noise, dtype=mu.dtype, device=mu.device
+            )
+        inputs = torch.cat([z, self.h[0, slots]], dim=1) if self.spec.uses_memory else z
+        actions = controller_actions(params, inputs, self.spec)
+        if self.spec.uses_memory:
+            _, (h, c) = self.mdrnn.hidden_sequence(
+                z.unsqueeze(1), actions.unsqueeze(1), state=(self.h[:, slots], self.c[:, slots])
+            )
+            self.h[:, slots] = h
+            self.c[:, slots] = c
+        return actions.float().cpu().numpy(), z

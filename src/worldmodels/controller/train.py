@@ -1,0 +1,212 @@
+"""Evolve C with CMA-ES on real environments through the batched rollout engine.
+
+Fitness of a candidate = mean return over ``rollouts`` episodes. All candidates of one
+generation play the same ``rollouts`` seeds (common random numbers: a fairer ranking for the
+same cost; EnvPool ignores per-episode seeds). Every ``eval_every`` generations the
+distribution mean plays ``eval_episodes`` fixed seeds with no early stop; the best of those
+means is ``best.npy``, what ``Agent.load`` and ``evaluate`` use.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from worldmodels.config import ControllerConfig, save_config
+from worldmodels.controller.model import ControllerSpec
+from worldmodels.controller.policy import WorldModelPolicy
+from worldmodels.controller.rollout import RolloutEngine
+from worldmodels.envs.carracing import make_vec_env
+from worldmodels.evolution.cmaes import ESSettings, ESState, run_es
+from worldmodels.utils.device import pick_device
+from worldmodels.utils.io import atomic_write, atomic_write_bytes, atomic_write_json, read_json
+
+CONTROLLER_JSON = "controller.json"
+BEST = "best.npy"
+LATEST = "latest.npy"
+
+
+@dataclass
+class ControllerSummary:
+    generations: int
+    best_eval: float
+    best_candidate: float
+    seconds: float
+    env_steps: int
+    out_dir: Path
+
+    def line(self) -> str:
+        best = "not evaluated" if not np.isfinite(self.best_eval) else f"{self.best_eval:.1f}"
+        return (
+            f"{self.generations} generations in {self.seconds:.0f} s "
+            f"({self.env_steps / max(self.seconds, 1e-9):.0f} env steps/s); best mean-eval {best}, "
+            f"best candidate {self.best_candidate:.1f}; parameters in {self.out_dir / BEST}"
+        )
+
+
+def generation_seeds(seed: int, generation: int, rollouts: int) -> list[int]:
+    state = np.random.SeedSequence([seed, generation]).generate_state(rollouts)
+    return [int(s >> 1) for s in state]  # gymnasium wants seeds < 2**31
+
+
+def save_params(path: Path, params: np.ndarray) -> None:
+    atomic_write(path, lambda f: np.save(f, np.asarray(params, np.float64)))
+
+
+def train_controller(
+    vae_path: str | Path,
+    mdrnn_path: str | Path | None,
+    out_dir: str | Path,
+    config: ControllerConfig,
+    resume: bool = False,
+    progress: bool = True,
+) -> ControllerSummary:
+    from worldmodels.memory.train import load_mdrnn
+    from worldmodels.utils.training import summary_writer
+    from worldmodels.vision.train import load_vae
+
+    config.validate()
+    out_dir = Path(out_dir)
+    device = pick_device(config.device)
+    vae = load_vae(vae_path, device)
+    mdrnn = load_mdrnn(mdrnn_path, device) if config.mode == "zh" else None
+    spec = ControllerSpec(
+        z_size=vae.z_size,
+        hidden_size=mdrnn.hidden_size if mdrnn is not None else 256,
+        mode=config.mode,
+    )
+    policy = WorldModelPolicy(vae, mdrnn, spec, device, z_mode=config.z_mode)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, out_dir / "config.json")
+    write_controller_json(out_dir, spec, vae_path, mdrnn_path, config)
+    env = make_vec_env(
+        backend=config.backend,
+        num_envs=config.num_envs,
+        max_steps=config.max_steps,
+        seed=config.seed,
+        workers=config.workers,
+    )
+    engine = RolloutEngine(policy, env)
+
+    def fitness(population: np.ndarray, generation: int):
+        seeds = generation_seeds(config.seed, generation, config.rollouts)
+        jobs = [(c, s) for c in range(len(population)) for s in seeds]
+        result = engine.run(population, jobs, early_stop=config.early_stop)
+        return result.returns.reshape(len(population), config.rollouts).mean(1), result.env_steps
+
+    def evaluate(params: np.ndarray) -> np.ndarray:
+        jobs = [(0, config.eval_seed + i) for i in range(config.eval_episodes)]
+        return engine.run(params[None], jobs).returns
+
+    tb = summary_writer(out_dir / "tb")
+
+    def on_generation(state: ESState, row: dict) -> None:
+        gen = state.generation
+        for key in ("best", "mean", "worst", "std", "sigma"):
+            tb.add_scalar(f"es/{key}", row[key], gen)
+        tb.add_scalar("es/env_steps_per_s", row["env_steps"] / row["seconds"], gen)
+        if row["eval_mean"] != "":
+            tb.add_scalar("es/eval_mean", row["eval_mean"], gen)
+        latest = np.asarray(state.es.mean)
+        save_params(out_dir / LATEST, latest)
+        save_params(out_dir / BEST, state.best_params if state.best_params is not None else latest)
+        plot_training_curve(state.history, out_dir / "curve.png")
+
+    settings = ESSettings(
+        num_params=spec.num_params,
+        popsize=config.popsize,
+        sigma0=config.sigma0,
+        generations=config.generations,
+        time_budget_s=config.time_budget_s,
+        weight_decay=config.weight_decay,
+        eval_every=config.eval_every,
+        seed=config.seed,
+    )
+    try:
+        state = run_es(
+            settings,
+            fitness,
+            out_dir,
+            evaluate=evaluate,
+            resume=resume,
+            progress=progress,
+            on_generation=on_generation,
+        )
+    finally:
+        env.close()
+        tb.close()
+    env_steps = int(sum(row["env_steps"] for row in state.history))
+    return ControllerSummary(
+        state.generation,
+        state.best_eval,
+        state.best_candidate_fitness,
+        state.seconds,
+        env_steps,
+        out_dir,
+    )
+
+
+def write_controller_json(
+    out_dir: Path, spec: ControllerSpec, vae_path, mdrnn_path, config: ControllerConfig
+) -> None:
+    """Everything Agent.load needs: the spec, and where V and M are (relative when possible)."""
+
+    def rel(p):
+        if p is None:
+            return None
+        p = Path(p).resolve()
+        try:
+            return str(p.relative_to(out_dir.resolve().parent))
+        except ValueError:
+            return str(p)
+
+    atomic_write_json(
+        out_dir / CONTROLLER_JSON,
+        {
+            "spec": spec.to_dict(),
+            "vae": rel(vae_path),
+            "mdrnn": rel(mdrnn_path),
+            "z_mode": config.z_mode,
+            "relative_to": "..",
+        },
+    )
+
+
+def plot_training_curve(history: list[dict], path: Path) -> None:
+    """Best, mean and worst fitness per generation, and the mean-eval points, like the paper."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    gens = [r["generation"] for r in history]
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    ax.plot(gens, [r["best"] for r in history], label="best", color="tab:green", lw=1)
+    ax.plot(gens, [r["mean"] for r in history], label="mean", color="tab:blue", lw=1)
+    ax.plot(gens, [r["worst"] for r in history], label="worst", color="tab:red", lw=1)
+    evals = [
+        (r["generation"], r["eval_mean"], r["eval_std"]) for r in history if r["eval_mean"] != ""
+    ]
+    if evals:
+        g, m, s = map(np.asarray, zip(*evals, strict=True))
+        ax.errorbar(g, m, yerr=s, fmt="o", color="black", ms=3, capsize=2, label="mean-eval")
+    ax.set_xlabel("generation")
+    ax.set_ylabel("return")
+    ax.set_title("CMA-ES on CarRacing")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def read_controller_json(folder: Path) -> dict:
+    data = read_json(folder / CONTROLLER_JSON, "controller description")
+    if not isinstance(data, dict) or "spec" not in data:
+        raise ValueError(f"{folder / CONTROLLER_JSON}: not a controller description")
+    return data

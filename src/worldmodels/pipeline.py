@@ -1,0 +1,195 @@
+"""The whole method in one call: collect -> V -> encode -> M -> C -> evaluate -> report.
+
+A run folder holds one subfolder per stage and ``stages.json``, which records each finished
+stage; running the pipeline again skips finished stages and resumes the unfinished one from
+its own checkpoint. The run's config (from a named preset) is saved as ``config.json``; a
+second run on the same folder must use the same config.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from worldmodels.config import PipelineConfig, from_dict, to_dict
+from worldmodels.utils.io import atomic_write_json, read_json
+
+STAGES = ("collect", "train-vae", "encode", "train-mdrnn", "train-controller", "evaluate", "report")
+
+
+@dataclass
+class RunPaths:
+    root: Path
+
+    @property
+    def episodes(self) -> Path:
+        return self.root / "episodes"
+
+    @property
+    def vae_dir(self) -> Path:
+        return self.root / "vae"
+
+    @property
+    def vae(self) -> Path:
+        return self.vae_dir / "vae.pt"
+
+    @property
+    def series(self) -> Path:
+        return self.root / "series"
+
+    @property
+    def mdrnn_dir(self) -> Path:
+        return self.root / "mdrnn"
+
+    @property
+    def mdrnn(self) -> Path:
+        return self.mdrnn_dir / "mdrnn.pt"
+
+    @property
+    def controller(self) -> Path:
+        return self.root / "controller"
+
+    @property
+    def eval(self) -> Path:
+        return self.root / "eval.json"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.md"
+
+
+def prepare_run(out: str | Path, config: PipelineConfig, preset_name: str) -> RunPaths:
+    """Create the run folder, or check that an existing one was made with the same config."""
+    paths = RunPaths(Path(out))
+    config_file = paths.root / "config.json"
+    if paths.root.exists() and not paths.root.is_dir():
+        raise NotADirectoryError(f"{paths.root}: exists and is not a folder")
+    if config_file.exists():
+        saved = read_json(config_file, "run config")
+        saved.pop("type", None)
+        saved_preset = saved.pop("preset", None)
+        if from_dict(PipelineConfig, saved) != config:
+            raise ValueError(
+                f"{paths.root} holds a run made with another config (preset {saved_preset!r}); "
+                "choose another --out or the same preset to resume"
+            )
+    elif paths.root.is_dir() and any(paths.root.iterdir()):
+        raise ValueError(f"{paths.root}: not empty and not a pipeline run folder; nothing written")
+    paths.root.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(
+        config_file, {"type": "PipelineConfig", "preset": preset_name, **to_dict(config)}
+    )
+    return paths
+
+
+def run_pipeline(
+    config: PipelineConfig,
+    out: str | Path,
+    preset_name: str = "custom",
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> RunPaths:
+    paths = prepare_run(out, config, preset_name)
+    stages_file = paths.root / "stages.json"
+    done = read_json(stages_file, "stage record") if stages_file.exists() else {}
+    for stage in STAGES:
+        if stage in done:
+            log(f"[{stage}] done already ({done[stage]['seconds']:.0f} s), skipped")
+            continue
+        log(f"[{stage}] starting")
+        start = time.perf_counter()
+        summary = _STAGE_FUNCTIONS[stage](config, paths, progress)
+        seconds = time.perf_counter() - start
+        done[stage] = {"seconds": seconds, "summary": summary}
+        atomic_write_json(stages_file, done)
+        log(f"[{stage}] {summary} ({seconds:.0f} s)")
+    return paths
+
+
+def _collect(config: PipelineConfig, paths: RunPaths, progress: bool) -> str:
+    from worldmodels.data.collect import collect
+
+    return collect(config.collect, str(paths.episodes), progress=progress).line()
+
+
+def _train_vae(config: PipelineConfig, paths: RunPaths, progress: bool) -> str:
+    from worldmodels.vision.train import train_vae
+
+    resume = (paths.vae_dir / "latest.pt").exists()
+    return train_vae(
+        paths.episodes, paths.vae_dir, config.vae, resume=resume, progress=progress
+    ).line()
+
+
+def _encode(config: PipelineConfig, paths: RunPaths, progress: bool) -> str:
+    from worldmodels.vision.encode import encode_store
+
+    return encode_store(paths.episodes, paths.vae, paths.series, progress=progress).line()
+
+
+def _train_mdrnn(config: PipelineConfig, paths: RunPaths, progress: bool) -> str:
+    from worldmodels.memory.train import train_mdrnn
+
+    resume = (paths.mdrnn_dir / "latest.pt").exists()
+    return train_mdrnn(
+        paths.series,
+        paths.mdrnn_dir,
+        config.mdrnn,
+        resume=resume,
+        progress=progress,
+        vae_path=paths.vae,
+        episodes_path=paths.episodes,
+    ).line()
+
+
+def _train_controller(config: PipelineConfig, paths: RunPaths, progress: bool) -> str:
+    from worldmodels.controller.train import train_controller
+    from worldmodels.evolution.cmaes import STATE
+
+    resume = (paths.controller / STATE).exists()
+    return train_controller(
+        paths.vae,
+        paths.mdrnn,
+        paths.controller,
+        config.controller,
+        resume=resume,
+        progress=progress,
+    ).line()
+
+
+def _evaluate(config: PipelineConfig, paths: RunPaths, progress: bool) -> str:
+    from worldmodels.agent import Agent
+    from worldmodels.controller.evaluate import evaluate_agent, save_eval
+
+    ev = config.evaluate
+    result = evaluate_agent(
+        Agent.load(paths.root),
+        episodes=ev.episodes,
+        seed=ev.seed,
+        num_envs=ev.num_envs,
+        backend=ev.backend,
+        max_steps=ev.max_steps,
+        progress=progress,
+    )
+    save_eval(result, paths.eval, paths.root)
+    return result.line()
+
+
+def _report(config: PipelineConfig, paths: RunPaths, progress: bool) -> str:
+    from worldmodels.report import write_report
+
+    write_report(paths)
+    return f"report written to {paths.report}"
+
+
+_STAGE_FUNCTIONS = {
+    "collect": _collect,
+    "train-vae": _train_vae,
+    "encode": _encode,
+    "train-mdrnn": _train_mdrnn,
+    "train-controller": _train_controller,
+    "evaluate": _evaluate,
+    "report": _report,
+}

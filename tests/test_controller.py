@@ -1,0 +1,180 @@
+"""C: the controller, the batched rollout engine and CMA-ES."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from worldmodels.controller.model import MODES, ControllerSpec, check_params, controller_actions
+from worldmodels.controller.policy import WorldModelPolicy
+from worldmodels.controller.rollout import RolloutEngine
+from worldmodels.envs.carracing import make_vec_env
+from worldmodels.evolution.cmaes import STATE, ESSettings, run_es
+from worldmodels.memory.mdrnn import MDNRNN
+from worldmodels.vision.vae import ConvVAE
+
+
+def test_parameter_counts():
+    assert ControllerSpec().num_params == 867  # the paper's (32 + 256) * 3 + 3
+    assert ControllerSpec(mode="z").num_params == 32 * 3 + 3
+    assert ControllerSpec(mode="z_hidden", hidden_units=40).num_params == 32 * 40 + 40 + 40 * 3 + 3
+    with pytest.raises(ValueError, match="unknown controller mode"):
+        ControllerSpec(mode="zz")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_actions_are_in_carracings_ranges(mode):
+    spec = ControllerSpec(mode=mode)
+    params = torch.randn(256, spec.num_params) * 3
+    actions = controller_actions(params, torch.randn(256, spec.input_size) * 3, spec)
+    steer, gas, brake = actions.T
+    assert steer.min() >= -1 and steer.max() <= 1 and steer.min() < -0.5 < 0.5 < steer.max()
+    assert gas.min() >= 0 and gas.max() <= 1
+    assert brake.min() >= 0 and brake.max() <= 1 and (brake == 0).any()
+
+
+def test_each_row_uses_its_own_parameters():
+    spec = ControllerSpec()
+    params, x = torch.randn(5, spec.num_params), torch.randn(5, spec.input_size)
+    batched = controller_actions(params, x, spec)
+    for i in range(5):
+        alone = controller_actions(params[i : i + 1], x[i : i + 1], spec)
+        torch.testing.assert_close(batched[i : i + 1], alone)
+    # the layout is weight (in, out) row-major, then bias, as documented
+    w = params[0, : spec.input_size * 3].reshape(spec.input_size, 3)
+    raw = x[0] @ w + params[0, spec.input_size * 3 :]
+    t = torch.tanh(raw)
+    expected = torch.stack([t[0], (t[1] + 1) / 2, t[2].clamp(0, 1)])
+    torch.testing.assert_close(batched[0], expected)
+
+
+def test_check_params_names_the_source():
+    spec = ControllerSpec()
+    with pytest.raises(ValueError, match="best.npy: expected a vector of 867"):
+        check_params(np.zeros(99), spec, source="best.npy")
+    with pytest.raises(ValueError, match="NaN"):
+        check_params(np.full(867, np.nan), spec)
+
+
+def make_policy(spec=None):
+    torch.manual_seed(0)
+    return WorldModelPolicy(ConvVAE(), MDNRNN(), spec or ControllerSpec())
+
+
+def test_candidates_side_by_side_match_each_alone():
+    """Per-env parameters: 3 candidates x 2 seeds in 3 slots == each job alone in 1 slot."""
+    policy = make_policy()
+    rng = np.random.default_rng(1)
+    params = rng.standard_normal((3, policy.spec.num_params)) * 0.5
+    jobs = [(c, s) for c in range(3) for s in (11, 12)]
+    with make_vec_env(backend="gymnasium", num_envs=3, max_steps=25, workers=2) as env:
+        together = RolloutEngine(policy, env).run(params, jobs)
+    with make_vec_env(backend="gymnasium", num_envs=1, max_steps=25, workers=0) as env:
+        engine = RolloutEngine(policy, env)
+        alone = [engine.run(params[c : c + 1], [(0, s)]).returns[0] for c, s in jobs]
+    np.testing.assert_allclose(together.returns, alone, atol=1e-3)
+    assert together.env_steps == 6 * 25 and (together.lengths == 25).all()
+    assert len(set(np.round(together.returns, 3))) > 1  # the candidates really differ
+
+
+def test_early_stop_ends_hopeless_episodes():
+    policy = make_policy(ControllerSpec(mode="z"))
+    params = np.zeros((1, policy.spec.num_params))
+    params[0, -2] = -20.0  # gas bias: tanh -> -1, gas 0: the car never moves
+    with make_vec_env(backend="gymnasium", num_envs=2, max_steps=100, workers=0) as env:
+        engine = RolloutEngine(policy, env)
+        stopped = engine.run(params, [(0, 1), (0, 2)], early_stop=10)
+        full = engine.run(params, [(0, 1)])
+    assert (stopped.lengths < 40).all()
+    assert full.lengths[0] == 100
+
+
+def test_engine_rejects_wrong_parameter_shapes():
+    policy = make_policy()
+    env = make_vec_env(backend="gymnasium", num_envs=1, max_steps=5, workers=0)
+    with env, pytest.raises(ValueError, match="expected params"):
+        RolloutEngine(policy, env).run(np.zeros((1, 99)), [(0, 0)])
+
+
+def test_policy_rejects_models_that_disagree():
+    with pytest.raises(ValueError, match="z=64"):
+        WorldModelPolicy(ConvVAE(z_size=64), MDNRNN(), ControllerSpec())
+    with pytest.raises(ValueError, match="h=512"):
+        WorldModelPolicy(ConvVAE(), MDNRNN(hidden_size=512), ControllerSpec())
+
+
+TARGET = np.linspace(-1, 1, 12)
+
+
+def sphere(population, generation):
+    return -np.sum((population - TARGET) ** 2, axis=1), len(population)
+
+
+def settings(**kw):
+    return ESSettings(num_params=12, popsize=8, sigma0=0.5, eval_every=5, **kw)
+
+
+def evaluate(params):
+    return np.array([-np.sum((params - TARGET) ** 2)])
+
+
+def test_cmaes_improves_a_known_objective(tmp_path):
+    state = run_es(settings(generations=60), sphere, tmp_path, evaluate=evaluate, progress=False)
+    assert state.history[0]["mean"] < -3
+    assert state.history[-1]["mean"] > -0.05
+    assert state.best_eval > -0.01
+    np.testing.assert_allclose(state.best_params, TARGET, atol=0.1)
+    log = (tmp_path / "log.csv").read_text().splitlines()
+    assert log[0].startswith("generation,best,mean,worst") and len(log) == 61
+
+
+def test_cmaes_resumes_exactly(tmp_path):
+    straight = run_es(
+        settings(generations=10), sphere, tmp_path / "a", evaluate=evaluate, progress=False
+    )
+    run_es(settings(generations=4), sphere, tmp_path / "b", evaluate=evaluate, progress=False)
+    resumed = run_es(
+        settings(generations=10),
+        sphere,
+        tmp_path / "b",
+        evaluate=evaluate,
+        resume=True,
+        progress=False,
+    )
+    np.testing.assert_array_equal(resumed.es.mean, straight.es.mean)
+    keys = ("best", "mean", "worst", "eval_mean")
+    assert [[r[k] for k in keys] for r in resumed.history] == [
+        [r[k] for k in keys] for r in straight.history
+    ]
+
+
+def test_cmaes_refuses_other_settings_and_corrupt_checkpoints(tmp_path):
+    run_es(settings(generations=2), sphere, tmp_path, progress=False)
+    with pytest.raises(ValueError, match="other settings .*popsize: 8 there, 16 now"):
+        run_es(ESSettings(num_params=12, popsize=16, sigma0=0.5), sphere, tmp_path, resume=True)
+    with pytest.raises(FileExistsError, match="resume"):
+        run_es(settings(generations=3), sphere, tmp_path, progress=False)
+    (tmp_path / STATE).write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="es_state.pkl is corrupt"):
+        run_es(settings(generations=3), sphere, tmp_path, resume=True)
+    (tmp_path / STATE).write_bytes(pickle.dumps({"not": "a state"}))
+    with pytest.raises(ValueError, match="not a CMA-ES checkpoint"):
+        run_es(settings(generations=3), sphere, tmp_path, resume=True)
+
+
+def test_weight_decay_penalises_large_weights(tmp_path):
+    def flat(population, generation):
+        return np.zeros(len(population)), len(population)
+
+    state = run_es(
+        ESSettings(
+            num_params=6, popsize=8, sigma0=1.0, generations=40, weight_decay=10.0, eval_every=0
+        ),
+        flat,
+        tmp_path,
+        progress=False,
+    )
+    assert np.abs(state.es.mean).max() < 0.3  # pulled towards zero, never pushed away

@@ -1,0 +1,146 @@
+"""`pipeline --preset smoke` end to end, the Agent API on its run folder, and bad run folders."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import worldmodels
+from worldmodels.cli import main
+from worldmodels.config import preset
+from worldmodels.controller.train import BEST
+from worldmodels.pipeline import STAGES, run_pipeline
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pipeline") / "smoke"
+    assert main(["pipeline", "--preset", "smoke", "--out", str(out), "--no-progress"]) == 0
+    return out
+
+
+def test_every_stage_ran_and_left_its_outputs(smoke_run):
+    stages = json.loads((smoke_run / "stages.json").read_text())
+    assert set(stages) == set(STAGES)
+    for path in (
+        "config.json",
+        "episodes/manifest.json",
+        "vae/vae.pt",
+        "vae/recon.png",
+        "series/manifest.json",
+        "mdrnn/mdrnn.pt",
+        "controller/best.npy",
+        "controller/curve.png",
+        "controller/log.csv",
+        "eval.json",
+        "report.md",
+    ):
+        assert (smoke_run / path).exists(), path
+    config = json.loads((smoke_run / "config.json").read_text())
+    assert config["preset"] == "smoke" and config["collect"]["episodes"] == 4
+    ev = json.loads((smoke_run / "eval.json").read_text())
+    assert ev["episodes"] == 2 and ev["seeds"] == [0, 1] and ev["backend"] == "gymnasium"
+    assert np.isclose(ev["mean"], np.mean(ev["returns"]))
+    report = (smoke_run / "report.md").read_text()
+    assert f"{ev['mean']:.1f} +- {ev['std']:.1f}" in report and "curve.png" in report
+
+
+def test_a_second_run_skips_finished_stages(smoke_run, capsys):
+    before = (smoke_run / "controller" / BEST).read_bytes()
+    run_pipeline(preset("smoke"), smoke_run, preset_name="smoke", progress=False)
+    out = capsys.readouterr().out
+    assert out.count("done already") == len(STAGES)
+    assert (smoke_run / "controller" / BEST).read_bytes() == before
+
+
+def test_agent_loads_a_run_and_acts_on_raw_frames(smoke_run):
+    agent = worldmodels.Agent.load(smoke_run, device="cpu")
+    assert agent.spec.num_params == 867
+    agent.reset(batch_size=3, seeds=[0, 1, 2])
+    frames = np.random.default_rng(0).integers(0, 256, (3, 96, 96, 3), dtype=np.uint8)
+    actions = agent.act(frames)
+    assert actions.shape == (3, 3) and actions.dtype == np.float32
+    assert (actions[:, 0] >= -1).all() and (actions[:, 0] <= 1).all()
+    assert (actions[:, 1:] >= 0).all() and (actions[:, 1:] <= 1).all()
+    with pytest.raises(ValueError, match=r"expected frames \(3, 96, 96, 3\)"):
+        agent.act(frames[:2])
+
+
+def test_evaluate_command_writes_every_episode(smoke_run, tmp_path, capsys):
+    out = tmp_path / "eval.json"
+    video = tmp_path / "episode.gif"
+    args = [
+        "evaluate",
+        str(smoke_run),
+        "--episodes",
+        "2",
+        "--seed",
+        "5",
+        "--max-steps",
+        "20",
+        "--num-envs",
+        "2",
+        "--out",
+        str(out),
+        "--video",
+        str(video),
+        "--no-progress",
+    ]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    result = json.loads(out.read_text())
+    assert result["seeds"] == [5, 6] and len(result["returns"]) == 2
+    assert f"{result['mean']:.1f} +- {result['std']:.1f} over 2 episodes" in printed
+    assert video.stat().st_size > 1000
+
+
+def test_a_different_preset_on_the_same_folder_is_refused(smoke_run, capsys):
+    assert main(["pipeline", "--preset", "laptop", "--out", str(smoke_run)]) == 2
+    assert "another config" in capsys.readouterr().err
+
+
+def test_a_folder_of_other_things_is_refused(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("mine")
+    assert main(["pipeline", "--out", str(tmp_path)]) == 2
+    assert "not a pipeline run folder" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_missing_stage_outputs_are_named(smoke_run, tmp_path, capsys):
+    assert main(["evaluate", str(tmp_path)]) == 2
+    assert "no trained controller found" in capsys.readouterr().err
+    broken = tmp_path / "run"
+    (broken / "controller").mkdir(parents=True)
+    (broken / "controller" / "controller.json").write_text(
+        (smoke_run / "controller" / "controller.json").read_text()
+    )
+    assert main(["evaluate", str(broken)]) == 2
+    assert "vae.pt" in capsys.readouterr().err
+
+
+def test_a_controller_file_of_the_wrong_length_is_named(smoke_run, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(smoke_run, run)
+    np.save(run / "controller" / BEST, np.zeros(99))
+    assert main(["evaluate", str(run), "--episodes", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "best.npy: expected a vector of 867" in err
+
+
+def test_models_whose_sizes_disagree_are_refused(smoke_run, tmp_path, capsys):
+    import shutil
+
+    from worldmodels.memory.mdrnn import MDNRNN
+    from worldmodels.memory.train import save_mdrnn
+
+    run = tmp_path / "run"
+    shutil.copytree(smoke_run, run)
+    config = preset("smoke").mdrnn
+    config.hidden_size = 64
+    save_mdrnn(run / "mdrnn" / "mdrnn.pt", MDNRNN(hidden_size=64), config)
+    assert main(["evaluate", str(run), "--episodes", "1"]) == 2
+    assert "h=64" in capsys.readouterr().err

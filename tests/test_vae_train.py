@@ -1,0 +1,262 @@
+"""Training V from the episode store: frame streaming, the loop, exact resume, errors, CLI."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from worldmodels.cli import main
+from worldmodels.config import VAEConfig, load_config
+from worldmodels.data.store import EpisodeStore, StoreError, StoreWriter
+from worldmodels.utils.training import NonFiniteLossError
+from worldmodels.vision import train as train_module
+from worldmodels.vision.data import FrameStream, open_frame_store, split_episodes
+from worldmodels.vision.train import load_vae, save_vae, train_vae
+from worldmodels.vision.vae import ConvVAE
+
+
+def tb_scalars(folder, tag: str) -> list[float]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder)).Reload()
+    return [e.value for e in events.Scalars(tag)]
+
+
+def make_store(path, obs_shape=(64, 64, 3), episodes=2, kind="episodes"):
+    writer = StoreWriter(path, kind, {"test": True})
+    for i in range(episodes):
+        n = 10
+        arrays = {
+            "obs": np.zeros((n, *obs_shape), np.uint8),
+            "actions": np.zeros((n, 3), np.float32),
+            "rewards": np.zeros(n, np.float32),
+            "terminated": np.zeros(n, bool),
+            "truncated": np.zeros(n, bool),
+        }
+        writer.add(i, arrays)
+    return path
+
+
+# --- frame streaming -------------------------------------------------------------------------
+
+
+def test_read_without_mmap_equals_the_memory_map(small_store):
+    store = EpisodeStore(small_store)
+    ep = store[1]
+    rows = np.array([5, 3, 4, 79, 3, 0])
+    assert np.array_equal(ep.read("obs", rows), ep["obs"][rows])
+    assert np.array_equal(ep.read("actions"), ep["actions"])
+    steps = np.array([400, 3, 81, 250, 3])
+    assert np.array_equal(store.get_frames(steps, mmap=False), store.get_frames(steps))
+    with pytest.raises(IndexError):
+        ep.read("obs", [80])
+
+
+def test_stream_covers_each_training_frame_once_per_epoch_and_resumes(small_store):
+    store = open_frame_store(small_store)
+    train, val = split_episodes(store, 2)
+    assert list(train) == [0, 1, 2, 3] and list(val) == [4, 5]
+    stream = FrameStream(store, train, batch_size=48, seed=1, workers=2, prefetch=2)
+    assert stream.batches_per_epoch == 7  # 320 frames: 6 of 48 and one of 32
+    batches = stream.batches()
+    first = [next(batches) for _ in range(9)]
+    batches.close()
+    assert [(b.epoch, b.index) for b in first][5:] == [(0, 5), (0, 6), (1, 0), (1, 1)]
+    epoch0 = np.concatenate([b.frames.numpy() for b in first[:7]])
+    assert len(epoch0) == 320
+    expected = store.get_frames(np.sort(stream.order(0)))
+    # every training frame exactly once, none of the held-out ones
+    order = np.lexsort(epoch0.reshape(len(epoch0), -1).T)
+    ref = np.lexsort(expected.reshape(len(expected), -1).T)
+    assert np.array_equal(epoch0[order], expected[ref])
+    # deterministic, and starting at (epoch, batch) gives the same batches as running through
+    resumed = stream.batches(0, 6)
+    for want in first[6:]:
+        got = next(resumed)
+        assert (got.epoch, got.index) == (want.epoch, want.index)
+        assert torch.equal(got.frames, want.frames)
+    resumed.close()
+    assert not np.array_equal(stream.order(0), stream.order(1))
+
+
+@pytest.mark.parametrize(
+    "setup, message",
+    [
+        (lambda p: make_store(p, episodes=0), "holds no episodes"),
+        (lambda p: make_store(p, obs_shape=(32, 32, 3)), "expected uint8 [N, 64, 64, 3]"),
+        (lambda p: make_store(p, kind="series"), "is a 'series' store"),
+        (lambda p: (p.mkdir(), (p / "notes.txt").write_text("hi")), "not an episode store"),
+    ],
+    ids=["empty", "frame-shape", "series", "not-a-store"],
+)
+def test_bad_stores_are_named(tmp_path, setup, message):
+    path = tmp_path / "store"
+    setup(path)
+    with pytest.raises(StoreError, match="store") as info:
+        train_vae(path, tmp_path / "run", VAEConfig(max_steps=1), progress=False)
+    assert message in str(info.value) and str(path) in str(info.value)
+
+
+def test_too_few_episodes_for_validation(small_store, tmp_path):
+    with pytest.raises(ValueError, match="too few"):
+        train_vae(small_store, tmp_path / "run", VAEConfig(val_episodes=6), progress=False)
+
+
+# --- training --------------------------------------------------------------------------------
+
+
+def test_training_on_real_frames_lowers_the_loss(small_store, tmp_path):
+    out = tmp_path / "run"
+    config = VAEConfig(max_steps=30, batch_size=32, learning_rate=1e-3, log_every=1, val_every=15)
+    summary = train_vae(small_store, out, config, progress=False)
+    losses = tb_scalars(out / "tb", "train/total")
+    assert len(losses) == 30 and all(np.isfinite(losses))
+    assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5])
+    assert len(tb_scalars(out / "tb", "val/total")) == 2  # at step 15 and at the end
+    assert len(tb_scalars(out / "tb", "perf/images_per_second")) == 30
+    assert summary.steps == 30 and summary.new_steps == 30
+    assert summary.val_loss is not None and np.isfinite(summary.val_loss)
+    for name in ("vae.pt", "latest.pt", "config.json", "recon.png", "recon.gif"):
+        assert (out / name).is_file(), name
+    assert load_config(VAEConfig, out / "config.json") == config
+    model = load_vae(out / "vae.pt")
+    assert isinstance(model, ConvVAE) and model.z_size == 32 and not model.training
+    from PIL import Image
+
+    png = Image.open(out / "recon.png")
+    assert png.size == (8 * 128 + 7 * 2, 2 * 128 + 2)
+    gif = Image.open(out / "recon.gif")
+    assert gif.size == (2 * 256 + 2, 256)
+    durations = []  # Pillow merges identical frames into one of a longer duration
+    for i in range(gif.n_frames):
+        gif.seek(i)
+        durations.append(gif.info["duration"])
+    assert sum(durations) == 80 * 40
+    # a finished run is not overwritten
+    with pytest.raises(ValueError, match="finished model"):
+        train_vae(small_store, out, config, progress=False)
+
+
+class Killed(Exception):
+    pass
+
+
+def test_killed_and_resumed_equals_uninterrupted(small_store, tmp_path, monkeypatch):
+    # 3 training episodes (240 frames), batch 64: 4 batches an epoch, so the resumed part
+    # (steps 4-6) crosses into epoch 1; validation every 2 steps must not disturb the RNG.
+    config = VAEConfig(
+        max_steps=6,
+        batch_size=64,
+        learning_rate=1e-3,
+        val_episodes=3,
+        checkpoint_every=3,
+        val_every=2,
+        log_every=1,
+        seed=5,
+    )
+    train_vae(small_store, tmp_path / "whole", config, progress=False)
+
+    real_check = train_module.check_finite
+
+    def kill_at_step_5(loss, step, checkpoints):
+        if step == 5:
+            raise Killed
+        real_check(loss, step, checkpoints)
+
+    monkeypatch.setattr(train_module, "check_finite", kill_at_step_5)
+    with pytest.raises(Killed):
+        train_vae(small_store, tmp_path / "killed", config, progress=False)
+    monkeypatch.setattr(train_module, "check_finite", real_check)
+    assert not (tmp_path / "killed" / "vae.pt").exists()
+    with pytest.raises(ValueError, match="unfinished run"):
+        train_vae(small_store, tmp_path / "killed", config, progress=False)
+
+    summary = train_vae(small_store, tmp_path / "killed", config, resume=True, progress=False)
+    assert (summary.steps, summary.new_steps) == (6, 3)
+    whole = load_vae(tmp_path / "whole" / "vae.pt").state_dict()
+    resumed = load_vae(tmp_path / "killed" / "vae.pt").state_dict()
+    # CPU, same threads, same batches and noise: bit-identical, no tolerance needed
+    for name, tensor in whole.items():
+        assert torch.equal(tensor, resumed[name]), name
+
+    # a finished run resumed again has nothing to do; other settings are refused
+    again = train_vae(small_store, tmp_path / "killed", config, resume=True, progress=False)
+    assert again.new_steps == 0
+    changed = VAEConfig(**{**vars(config), "learning_rate": 1e-4})
+    with pytest.raises(ValueError, match="learning_rate"):
+        train_vae(small_store, tmp_path / "killed", changed, resume=True, progress=False)
+
+
+def test_non_finite_loss_names_step_and_checkpoint(small_store, tmp_path):
+    out = tmp_path / "run"
+    config = VAEConfig(max_steps=5, batch_size=16, learning_rate=1e30, checkpoint_every=1)
+    with pytest.raises(NonFiniteLossError, match=r"at step 2\b") as info:
+        train_vae(small_store, out, config, progress=False)
+    assert str(out / "latest.pt") in str(info.value)
+    assert not (out / "vae.pt").exists()
+
+
+def test_cuda_options_are_refused_on_cpu(small_store, tmp_path):
+    for flag in ("bf16", "channels_last"):
+        config = VAEConfig(max_steps=1, device="cpu", **{flag: True})
+        with pytest.raises(ValueError, match="needs a CUDA device"):
+            train_vae(small_store, tmp_path / "run", config, progress=False)
+
+
+# --- the model file --------------------------------------------------------------------------
+
+
+def test_load_vae_errors_name_the_file(tmp_path):
+    missing = tmp_path / "nothing" / "vae.pt"
+    with pytest.raises(FileNotFoundError, match=str(missing)):
+        load_vae(missing)
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"\x00garbage" * 100)
+    with pytest.raises(ValueError, match="corrupt"):
+        load_vae(corrupt)
+    small = tmp_path / "z16.pt"
+    save_vae(ConvVAE(16), VAEConfig(z_size=16), small)
+    assert load_vae(small).z_size == 16
+    with pytest.raises(ValueError, match="z_size 16, expected z_size 32"):
+        load_vae(small, z_size=32)
+    state = torch.load(small, weights_only=True)
+    state["z_size"] = 32  # weights of z 16 labelled as z 32
+    torch.save(state, small)
+    with pytest.raises(ValueError, match=r"z16.pt: weights do not fit .*size mismatch"):
+        load_vae(small)
+    torch.save({"model": {}}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not a V model file"):
+        load_vae(tmp_path / "other.pt")
+
+
+# --- the command -----------------------------------------------------------------------------
+
+
+def test_cli_trains_and_resumes(small_store, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train-vae", "--store", str(small_store), "--out", str(out), "--no-progress"]
+    assert main([*args, "--steps", "3", "--batch-size", "16", "--z-size", "8"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("trained V for 3 steps") and str(out / "vae.pt") in line
+    # --resume takes the run's own settings; --steps extends it
+    assert main([*args, "--resume", "--steps", "5"]) == 0
+    assert "trained V for 2 steps (now 5 steps" in capsys.readouterr().out
+    assert load_vae(out / "vae.pt").z_size == 8
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--store", "{tmp}/none", "--out", "{tmp}/run"], "no such store folder"),
+        (["--store", "{store}", "--out", "{tmp}/run", "--bf16", "--device", "cpu"], "CUDA"),
+        (["--store", "{store}", "--out", "{tmp}/run", "--device", "nonsense"], "nonsense"),
+    ],
+    ids=["missing-store", "bf16-on-cpu", "bad-device"],
+)
+def test_cli_user_errors_exit_2_with_one_line(small_store, tmp_path, capsys, extra, message):
+    argv = ["train-vae", *(a.format(tmp=tmp_path, store=small_store) for a in extra)]
+    assert main([*argv, "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("worldmodels train-vae: error:") and message in err
+    assert "\n" not in err
