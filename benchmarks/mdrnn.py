@@ -6,16 +6,15 @@ forward, mixture NLL, backward, clip_grad_norm_, Adam) on the paper's CarRacing 
 ``WindowSampler`` (memory-mapped reads + z re-sampling) from a synthetic series store.
 CPU always, CUDA when present. Run: ``python benchmarks/mdrnn.py`` (under a minute on 2 cores).
 
-The CPU rows are repeated after ``keep_freed_memory()``: glibc otherwise hands the big
-per-step tensors (tens of MB at batch 100) back to the OS and page-faults them in again
-every step, which on a 2-core machine costs a quarter to a third of the step time.
+The CPU rows are repeated after ``keep_freed_memory()`` (which ``pick_device`` applies to every
+CPU run of this package): glibc otherwise hands the big per-step tensors (tens of MB at batch
+100) back to the OS and page-faults them in again every step, which on a 2-core machine costs
+a quarter to a third of the step time. The plain rows are the baseline.
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ from worldmodels.config import MDNRNNConfig
 from worldmodels.data.store import StoreWriter
 from worldmodels.memory.data import WindowSampler, open_series
 from worldmodels.memory.train import build_mdrnn, train_step
+from worldmodels.utils.device import keep_freed_memory
 from worldmodels.utils.training import Checkpointer
 
 Z, A = 32, 3
@@ -48,20 +48,6 @@ def make_series(path: Path, episodes: int, length: int) -> Path:
             },
         )
     return path
-
-
-def keep_freed_memory() -> bool:
-    """Ask glibc to keep freed memory for reuse (no trim, no mmap for big blocks).
-
-    Process-wide; the process then holds on to its peak memory. Returns False where this
-    is not glibc (macOS, musl) and nothing was changed.
-    """
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    libc = ctypes.CDLL("libc.so.6")
-    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
-    ok = libc.mallopt(m_mmap_threshold, 1 << 30) and libc.mallopt(m_trim_threshold, 1 << 30)
-    return bool(ok and libc.mallopt(m_top_pad, 64 << 20))
 
 
 def sync(device: torch.device) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -47,6 +49,13 @@ def test_round_trip(store_dir):
             np.testing.assert_array_equal(ep[key], arr)
             assert ep[key].dtype == arr.dtype
     store.verify()
+
+
+def test_files_get_the_usual_permissions(store_dir):
+    mask = os.umask(0)
+    os.umask(mask)
+    for path in (store_dir / "manifest.json", store_dir / EPISODES_DIR / episode_filename(0)):
+        assert path.stat().st_mode & 0o777 == 0o666 & ~mask
 
 
 def test_arrays_are_memory_mapped_not_loaded(store_dir):

@@ -215,7 +215,7 @@ PRESETS: dict[str, PipelineConfig] = {
     "laptop": PipelineConfig(
         collect=CollectConfig(episodes=120, max_steps=1000, num_envs=16),
         vae=VAEConfig(max_steps=2400, learning_rate=3e-4, checkpoint_every=400),
-        mdrnn=MDNRNNConfig(seq_len=200, batch_size=32, steps=800),
+        mdrnn=MDNRNNConfig(seq_len=999, batch_size=16, steps=600),
         controller=ControllerConfig(
             popsize=16,
             rollouts=2,

@@ -20,8 +20,9 @@ import torch
 from tqdm import tqdm
 
 from worldmodels.data.store import EpisodeStore, StoreError, StoreWriter
+from worldmodels.utils.device import pick_device
 from worldmodels.vision.data import open_frame_store
-from worldmodels.vision.train import VAE_FILE, load_vae, resolve_device
+from worldmodels.vision.train import VAE_FILE, load_vae
 from worldmodels.vision.vae import ConvVAE, frames_to_input
 
 CARRIED = ("actions", "rewards", "terminated", "truncated")
@@ -112,7 +113,7 @@ def encode_store(
         vae_path = vae_path / VAE_FILE
     store = open_frame_store(store_path)
     check_carried(store)
-    dev = resolve_device(device)
+    dev = pick_device(device)
     model = load_vae(vae_path, dev)
     writer = open_series(store, vae_path, model.z_size, out_path)
     done = writer.existing_indices()

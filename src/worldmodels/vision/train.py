@@ -141,14 +141,6 @@ def load_vae(
 # Setup
 
 
-def resolve_device(name: str) -> torch.device:
-    """pick_device, with a bad or unavailable device as a user error."""
-    try:
-        return pick_device(name)
-    except RuntimeError as e:
-        raise ValueError(f"device {name!r}: {e}") from None
-
-
 def check_cuda_options(config: VAEConfig, device: torch.device) -> None:
     """bf16 autocast and channels_last are CUDA speed-ups; elsewhere they are refused."""
     for flag in ("bf16", "channels_last"):
@@ -344,7 +336,7 @@ def train_vae(
     out = Path(out_dir)
     store = open_frame_store(store_path)
     train_eps, val_eps = split_episodes(store, config.val_episodes)
-    device = resolve_device(config.device)
+    device = pick_device(config.device)
     check_cuda_options(config, device)
     refuse_overwrite(out, resume)
     if device.type == "cuda":
