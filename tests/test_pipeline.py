@@ -45,6 +45,7 @@ def test_every_stage_ran_and_left_its_outputs(smoke_run):
     assert np.isclose(ev["mean"], np.mean(ev["returns"]))
     report = (smoke_run / "report.md").read_text()
     assert f"{ev['mean']:.1f} +- {ev['std']:.1f}" in report and "curve.png" in report
+    assert "recon.png" in report and "dream_vs_real.png" in report
 
 
 def test_a_second_run_skips_finished_stages(smoke_run, capsys):

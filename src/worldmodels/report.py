@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from worldmodels.pipeline import STAGES
 from worldmodels.utils.io import atomic_write_bytes, read_json
 
 
@@ -36,8 +37,9 @@ def write_report(paths) -> Path:
         total = sum(s["seconds"] for s in stages.values())
         lines += ["## Stages", "", "| stage | wall time | summary |", "|---|---|---|"]
         lines += [
-            f"| {name} | {s['seconds'] / 60:.1f} min | {s['summary']} |"
-            for name, s in stages.items()
+            f"| {name} | {stages[name]['seconds'] / 60:.1f} min | {stages[name]['summary']} |"
+            for name in STAGES
+            if name in stages
         ]
         lines += [f"| **total** | **{total / 60:.1f} min** | |", ""]
     pictures = [
@@ -47,7 +49,7 @@ def write_report(paths) -> Path:
             ("curve.png",),
         ),
         ("V: real frames (top) and reconstructions (bottom)", "vae", ("recon.png", "recon.gif")),
-        ("M: real frames beside M's predictions and dreams", "mdrnn", ("*.png", "*.gif")),
+        ("M: real frames beside M's predictions and dreams", "mdrnn", ("**/*.png", "**/*.gif")),
     ]
     for title, folder, patterns in pictures:
         found = sorted({p for pat in patterns for p in (root / folder).glob(pat)})

@@ -27,9 +27,10 @@ def preprocess_frames(frames: np.ndarray, crop_rows: int | None = CROP_ROWS) -> 
         )
     if crop_rows is not None:
         frames = frames[:, :crop_rows]
-    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
+    # uint8 in, uint8 out, channels-last: torch's fast integer resize path (~10x the float one)
+    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
     x = F.interpolate(
         x, size=(FRAME_SIZE, FRAME_SIZE), mode="bilinear", antialias=True, align_corners=False
     )
-    out = x.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+    out = x.permute(0, 2, 3, 1).contiguous().numpy()
     return out[0] if single else out
