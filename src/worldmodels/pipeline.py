@@ -90,7 +90,9 @@ def run_pipeline(
     preset_name: str = "custom",
     progress: bool = True,
     log: Callable[[str], None] = print,
+    cluster=None,
 ) -> RunPaths:
+    """Run the unfinished stages; ``cluster`` (``RaySettings``) puts collect and C on Ray."""
     paths = prepare_run(out, config, preset_name)
     stages_file = paths.root / "stages.json"
     done = read_json(stages_file, "stage record") if stages_file.exists() else {}
@@ -100,7 +102,7 @@ def run_pipeline(
             continue
         log(f"[{stage}] starting")
         start = time.perf_counter()
-        summary = _STAGE_FUNCTIONS[stage](config, paths, progress)
+        summary = _STAGE_FUNCTIONS[stage](config, paths, progress, cluster)
         seconds = time.perf_counter() - start
         done[stage] = {"seconds": seconds, "summary": summary}
         atomic_write_json(stages_file, done)
@@ -108,13 +110,13 @@ def run_pipeline(
     return paths
 
 
-def _collect(config: PipelineConfig, paths: RunPaths, progress: bool) -> str:
+def _collect(config: PipelineConfig, paths: RunPaths, progress: bool, cluster) -> str:
     from worldmodels.data.collect import collect
 
-    return collect(config.collect, str(paths.episodes), progress=progress).line()
+    return collect(config.collect, str(paths.episodes), progress, cluster).line()
 
 
-def _train_vae(config: PipelineConfig, paths: RunPaths, progress: bool) -> str:
+def _train_vae(config: PipelineConfig, paths: RunPaths, progress: bool, cluster) -> str:
     from worldmodels.vision.train import train_vae
 
     resume = (paths.vae_dir / "latest.pt").exists()
@@ -123,13 +125,13 @@ def _train_vae(config: PipelineConfig, paths: RunPaths, progress: bool) -> str:
     ).line()
 
 
-def _encode(config: PipelineConfig, paths: RunPaths, progress: bool) -> str:
+def _encode(config: PipelineConfig, paths: RunPaths, progress: bool, cluster) -> str:
     from worldmodels.vision.encode import encode_store
 
     return encode_store(paths.episodes, paths.vae, paths.series, progress=progress).line()
 
 
-def _train_mdrnn(config: PipelineConfig, paths: RunPaths, progress: bool) -> str:
+def _train_mdrnn(config: PipelineConfig, paths: RunPaths, progress: bool, cluster) -> str:
     from worldmodels.memory.train import train_mdrnn
 
     resume = (paths.mdrnn_dir / "latest.pt").exists()
@@ -144,7 +146,7 @@ def _train_mdrnn(config: PipelineConfig, paths: RunPaths, progress: bool) -> str
     ).line()
 
 
-def _train_controller(config: PipelineConfig, paths: RunPaths, progress: bool) -> str:
+def _train_controller(config: PipelineConfig, paths: RunPaths, progress: bool, cluster) -> str:
     from worldmodels.controller.train import train_controller
     from worldmodels.evolution.cmaes import STATE
 
@@ -156,10 +158,11 @@ def _train_controller(config: PipelineConfig, paths: RunPaths, progress: bool) -
         config.controller,
         resume=resume,
         progress=progress,
+        cluster=cluster,
     ).line()
 
 
-def _evaluate(config: PipelineConfig, paths: RunPaths, progress: bool) -> str:
+def _evaluate(config: PipelineConfig, paths: RunPaths, progress: bool, cluster) -> str:
     from worldmodels.agent import Agent
     from worldmodels.controller.evaluate import evaluate_agent, save_eval
 
@@ -177,7 +180,7 @@ def _evaluate(config: PipelineConfig, paths: RunPaths, progress: bool) -> str:
     return result.line()
 
 
-def _report(config: PipelineConfig, paths: RunPaths, progress: bool) -> str:
+def _report(config: PipelineConfig, paths: RunPaths, progress: bool, cluster) -> str:
     from worldmodels.report import write_report
 
     write_report(paths)

@@ -24,7 +24,13 @@ COMMANDS = [
     "info",
 ]
 
-USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, NotADirectoryError)
+USER_ERRORS = (
+    ValueError,
+    FileNotFoundError,
+    PermissionError,
+    NotADirectoryError,
+    ConnectionError,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,6 +53,34 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return value
+
+
+def add_ray_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="ADDRESS",
+        help="spread the work over Ray workers: HOST:PORT of a cluster's head, 'auto' for the "
+        "cluster `ray start` made here; with no ADDRESS, $RAY_ADDRESS or a local Ray instance",
+    )
+    p.add_argument(
+        "--ray-cpus-per-worker",
+        type=positive_int,
+        default=1,
+        help="CPUs each Ray worker reserves (workers = cluster CPUs / this)",
+    )
+    p.add_argument("--ray-workers", type=positive_int, default=None, help="fix the worker count")
+
+
+def ray_settings(args):
+    """RaySettings from the flags, or None without --ray (then nothing imports Ray)."""
+    from worldmodels.distributed.cluster import settings_from_flag
+
+    return settings_from_flag(
+        args.ray, cpus_per_worker=args.ray_cpus_per_worker, workers=args.ray_workers
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from worldmodels.cli import positive_int
+from worldmodels.cli import add_ray_arguments, positive_int, ray_settings
 from worldmodels.config import CollectConfig
 from worldmodels.data.policies import POLICIES
 from worldmodels.envs.carracing import BACKENDS, ENV_IDS
@@ -27,6 +27,7 @@ def add_arguments(p) -> None:
         help="gymnasium subprocesses (default one per core; 0 = in process)",
     )
     p.add_argument("--seed", type=int, default=d.seed, help="episode i uses seed + i")
+    add_ray_arguments(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -43,6 +44,6 @@ def run(args) -> int:
         workers=args.workers,
         seed=args.seed,
     )
-    summary = collect(config, args.out, progress=not args.no_progress)
+    summary = collect(config, args.out, not args.no_progress, ray_settings(args))
     print(summary.line())
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from worldmodels.cli import add_ray_arguments, ray_settings
 from worldmodels.config import PRESETS
 
 NAME = "pipeline"
@@ -19,6 +20,7 @@ def add_arguments(p) -> None:
         help="smoke: minutes; laptop: ~2 h on 2 cores; paper: the paper's settings",
     )
     p.add_argument("--out", required=True, help="run folder (created, or resumed)")
+    add_ray_arguments(p)
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -27,7 +29,11 @@ def run(args) -> int:
     from worldmodels.pipeline import run_pipeline
 
     paths = run_pipeline(
-        preset(args.preset), args.out, preset_name=args.preset, progress=not args.no_progress
+        preset(args.preset),
+        args.out,
+        preset_name=args.preset,
+        progress=not args.no_progress,
+        cluster=ray_settings(args),
     )
     print(f"pipeline finished: report in {paths.report}")
     return 0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from worldmodels.cli import positive_int
+from worldmodels.cli import add_ray_arguments, positive_int, ray_settings
 from worldmodels.config import ControllerConfig
 from worldmodels.controller.model import MODES
 
@@ -48,6 +48,7 @@ def add_arguments(p) -> None:
     p.add_argument("--device", default=d.device)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--resume", action="store_true", help="continue from the ES checkpoint")
+    add_ray_arguments(p)
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -76,7 +77,13 @@ def run(args) -> int:
     if config.mode == "zh" and args.mdrnn is None:
         raise ValueError("controller mode 'zh' needs --mdrnn")
     summary = train_controller(
-        args.vae, args.mdrnn, args.out, config, resume=args.resume, progress=not args.no_progress
+        args.vae,
+        args.mdrnn,
+        args.out,
+        config,
+        resume=args.resume,
+        progress=not args.no_progress,
+        cluster=ray_settings(args),
     )
     print(summary.line())
     return 0

@@ -106,3 +106,6 @@ class RolloutEngine:
                 if mask.any():
                     obs = self.env.reset(mask=mask, seeds=seeds)
         return RolloutResult(returns, lengths, env_steps, time.perf_counter() - start)
+
+    def close(self) -> None:
+        self.env.close()

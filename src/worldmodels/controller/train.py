@@ -63,7 +63,9 @@ def train_controller(
     config: ControllerConfig,
     resume: bool = False,
     progress: bool = True,
+    cluster=None,
 ) -> ControllerSummary:
+    """``cluster`` (a ``distributed.cluster.RaySettings``): run the rollouts on Ray workers."""
     from worldmodels.memory.train import load_mdrnn
     from worldmodels.utils.training import summary_writer
     from worldmodels.vision.train import load_vae
@@ -82,14 +84,7 @@ def train_controller(
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, out_dir / "config.json")
     write_controller_json(out_dir, spec, vae_path, mdrnn_path, config)
-    env = make_vec_env(
-        backend=config.backend,
-        num_envs=config.num_envs,
-        max_steps=config.max_steps,
-        seed=config.seed,
-        workers=config.workers,
-    )
-    engine = RolloutEngine(policy, env)
+    engine = make_engine(config, policy, vae_path, mdrnn_path, cluster)
 
     def fitness(population: np.ndarray, generation: int):
         seeds = generation_seeds(config.seed, generation, config.rollouts)
@@ -136,7 +131,7 @@ def train_controller(
             on_generation=on_generation,
         )
     finally:
-        env.close()
+        engine.close()
         tb.close()
     env_steps = int(sum(row["env_steps"] for row in state.history))
     return ControllerSummary(
@@ -147,6 +142,32 @@ def train_controller(
         env_steps,
         out_dir,
     )
+
+
+def make_engine(config: ControllerConfig, policy: WorldModelPolicy, vae_path, mdrnn_path, cluster):
+    """The local rollout engine, or its Ray counterpart spread over a cluster."""
+    if cluster is not None:
+        from worldmodels.distributed.rollouts import RayRolloutPool
+
+        return RayRolloutPool.start(
+            cluster,
+            vae_path,
+            mdrnn_path if policy.spec.uses_memory else None,
+            policy.spec.to_dict(),
+            config.z_mode,
+            backend=config.backend,
+            num_envs=config.num_envs,
+            max_steps=config.max_steps,
+            seed=config.seed,
+        )
+    env = make_vec_env(
+        backend=config.backend,
+        num_envs=config.num_envs,
+        max_steps=config.max_steps,
+        seed=config.seed,
+        workers=config.workers,
+    )
+    return RolloutEngine(policy, env)
 
 
 def write_controller_json(

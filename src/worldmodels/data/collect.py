@@ -59,8 +59,8 @@ class _Slot:
         }
 
 
-def open_store_for(config: CollectConfig, out: str, backend: str) -> StoreWriter:
-    identity = {
+def store_identity(config: CollectConfig, backend: str) -> dict:
+    return {
         "env": config.env,
         "env_id": env_id_for(config.env),
         "backend": backend,
@@ -69,11 +69,19 @@ def open_store_for(config: CollectConfig, out: str, backend: str) -> StoreWriter
         "seed": config.seed,
         "frame_shape": [64, 64, 3],
     }
+
+
+def open_store_for(config: CollectConfig, out: str, backend: str) -> StoreWriter:
+    identity = store_identity(config, backend)
     return StoreWriter(out, "episodes", identity, extra={"config": to_dict(config)})
 
 
-def collect(config: CollectConfig, out: str, progress: bool = True) -> CollectSummary:
-    """Fill the store at ``out`` with ``config.episodes`` episodes, resuming if it has some."""
+def collect(config: CollectConfig, out: str, progress: bool = True, cluster=None) -> CollectSummary:
+    """Fill the store at ``out`` with ``config.episodes`` episodes, resuming if it has some.
+
+    ``cluster`` (a ``distributed.cluster.RaySettings``) spreads the episodes over Ray workers
+    writing into the same store, which must then be on a path every node shares.
+    """
     config.validate()
     env_id_for(config.env)
     make_policy(config.policy, 1)  # unknown names fail before anything is written
@@ -83,28 +91,48 @@ def collect(config: CollectConfig, out: str, progress: bool = True) -> CollectSu
     todo = [i for i in range(config.episodes) if i not in done]
     start = time.perf_counter()
     frames = 0
-    if todo:
-        # one torch thread: preprocessing is light, and idle OpenMP threads would spin on
-        # the cores the environments need
-        with torch_threads(1):
-            frames = _run(config, writer, backend, todo, progress)
+    if todo and cluster is not None:
+        from worldmodels.distributed.collect import collect_on_ray
+
+        frames = collect_on_ray(config, writer, backend, todo, cluster, progress)
+    elif todo:
+        # EnvPool seeds its environments once, at make: a resumed run gets a fresh seed so
+        # that it does not replay the tracks of the run it resumes.
+        frames = collect_episodes(
+            config, writer, backend, todo, pool_seed(config.seed, len(done)), progress
+        )
     total = len(writer.existing_indices())
     writer.write_manifest(episodes=total)
     return CollectSummary(len(todo), total, frames, time.perf_counter() - start, backend)
 
 
-def _run(config: CollectConfig, writer: StoreWriter, backend: str, todo: list[int], progress):
+def pool_seed(*keys: int) -> int:
+    return int(np.random.SeedSequence([*keys]).generate_state(1)[0] >> 2)
+
+
+def collect_episodes(
+    config: CollectConfig,
+    writer: StoreWriter,
+    backend: str,
+    indices: list[int],
+    env_seed: int,
+    progress: bool = True,
+) -> int:
+    """Play and write the episodes ``indices`` on ``num_envs`` slots; returns frames written."""
+    # one torch thread: preprocessing is light, and idle OpenMP threads would spin on the
+    # cores the environments need
+    with torch_threads(1):
+        return _run(config, writer, backend, list(indices), env_seed, progress)
+
+
+def _run(config, writer, backend, todo, env_seed, progress) -> int:
     num_envs = min(config.num_envs, len(todo))
-    # EnvPool seeds its environments once, at make: a resumed run gets a fresh seed so that it
-    # does not replay the tracks of the run it resumes.
-    existing = len(writer.existing_indices())
-    pool_seed = int(np.random.SeedSequence([config.seed, existing]).generate_state(1)[0] >> 2)
     env = make_vec_env(
         config.env,
         backend,
         num_envs,
         config.max_steps,
-        seed=pool_seed,
+        seed=env_seed,
         workers=config.workers,
         quiet=True,
     )
@@ -140,7 +168,7 @@ def _run(config: CollectConfig, writer: StoreWriter, backend: str, todo: list[in
                 slot.terminated.append(result.terminated[s])
                 slot.truncated.append(result.truncated[s])
                 if result.terminated[s] or result.truncated[s]:
-                    _finish(writer, slot, backend, config, pool_seed + int(s))
+                    _finish(writer, slot, backend, config, env_seed + int(s))
                     frames += len(slot.obs)
                     bar.update(1)
                     bar.set_postfix(fps=f"{frames / (time.perf_counter() - start):.0f}")

@@ -360,6 +360,24 @@ class StoreWriter:
             raise StoreError(f"{self.path}: cannot write here: {e.strerror}") from None
         remove_stale_temp_files(self.path / EPISODES_DIR)
 
+    @classmethod
+    def attach(cls, path: str | Path, kind: str, identity: dict[str, Any]) -> StoreWriter:
+        """A writer for one of several processes filling the same store at once (Ray workers).
+
+        The store must exist with this identity; unlike opening it, attaching neither rewrites
+        the manifest nor sweeps temp files, which may be other workers' episodes in flight.
+        """
+        path = Path(path)
+        manifest = load_manifest(path)
+        if manifest["kind"] != kind or manifest["identity"] != identity:
+            raise StoreError(
+                f"{path}: holds a store made with different settings "
+                f"({_difference(manifest['identity'], identity)})"
+            )
+        writer = cls.__new__(cls)
+        writer.path, writer.kind, writer.manifest = path, kind, manifest
+        return writer
+
     def existing_indices(self) -> set[int]:
         return {index for _, index in scan_episode_files(self.path)}
 

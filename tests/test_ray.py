@@ -1,0 +1,206 @@
+"""Ray: collection and CMA-ES rollouts on a real local Ray instance, killed workers included."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from worldmodels.config import CollectConfig, ControllerConfig
+from worldmodels.controller.model import ControllerSpec
+from worldmodels.controller.policy import WorldModelPolicy
+from worldmodels.controller.rollout import RolloutEngine
+from worldmodels.controller.train import train_controller
+from worldmodels.data.collect import collect
+from worldmodels.data.store import EpisodeStore
+from worldmodels.distributed.cluster import (
+    RaySettings,
+    balanced_chunks,
+    check_same_code,
+    code_fingerprint,
+    settings_from_flag,
+)
+from worldmodels.envs.carracing import make_vec_env
+from worldmodels.memory.mdrnn import MDNRNN
+from worldmodels.memory.train import load_mdrnn, save_mdrnn
+from worldmodels.vision.train import load_vae, save_vae
+from worldmodels.vision.vae import ConvVAE
+
+ray = pytest.importorskip("ray", reason='Ray is not installed (pip install -e ".[ray]")')
+
+LOCAL = RaySettings(address="local", cpus_per_worker=1)
+
+
+@pytest.fixture(scope="module")
+def ray_instance():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    from worldmodels.config import MDNRNNConfig, VAEConfig
+
+    folder = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    save_vae(ConvVAE(), VAEConfig(), folder / "vae.pt")
+    save_mdrnn(folder / "mdrnn.pt", MDNRNN(), MDNRNNConfig())
+    return folder / "vae.pt", folder / "mdrnn.pt"
+
+
+def test_balanced_chunks_cover_every_job_once():
+    for n, parts in [(10, 3), (3, 5), (64, 8), (1, 1)]:
+        chunks = balanced_chunks(n, parts)
+        assert sorted(i for c in chunks for i in c) == list(range(n))
+        sizes = [len(c) for c in chunks]
+        assert max(sizes) - min(sizes) <= 1 and min(sizes) >= 1
+
+
+def test_flag_and_address_rules(monkeypatch):
+    assert settings_from_flag(None) is None
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert settings_from_flag("").address == "local"
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    assert settings_from_flag("").address == "10.0.0.1:6379"
+    assert settings_from_flag("auto").address == "auto"
+    with pytest.raises(ValueError, match="cpus_per_worker"):
+        settings_from_flag("", cpus_per_worker=0)
+
+
+def test_other_code_on_a_node_is_reported():
+    mine = code_fingerprint()
+    check_same_code([("node-a", mine), ("node-b", mine)])
+    with pytest.raises(ValueError, match="node-b runs worldmodels 0.0.9"):
+        check_same_code([("node-a", mine), ("node-b", "0.0.9+abc")])
+
+
+def test_nothing_imports_ray_without_the_flag():
+    code = (
+        "import sys, worldmodels.cli, worldmodels.pipeline, worldmodels.data.collect, "
+        "worldmodels.controller.train; worldmodels.cli.build_parser(); "
+        "assert 'ray' not in sys.modules, 'ray imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_unreachable_address_fails_fast_and_clearly(tmp_path):
+    start = time.perf_counter()
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "worldmodels",
+            "collect",
+            "--out",
+            str(tmp_path / "eps"),
+            "--episodes",
+            "1",
+            "--ray",
+            "127.0.0.1:1",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 2
+    assert "cannot reach the Ray cluster at 127.0.0.1:1" in out.stderr
+    assert time.perf_counter() - start < 30
+
+
+def test_collection_on_ray_writes_the_same_store(ray_instance, tmp_path):
+    config = CollectConfig(backend="gymnasium", episodes=4, max_steps=30, num_envs=2, seed=3)
+    collect(config, str(tmp_path / "local"), progress=False)
+    collect(config, str(tmp_path / "ray"), progress=False, cluster=LOCAL)
+    local, distributed = EpisodeStore(tmp_path / "local"), EpisodeStore(tmp_path / "ray")
+    assert local.indices == distributed.indices == [0, 1, 2, 3]
+    for a, b in zip(local, distributed, strict=True):
+        assert a.meta == b.meta
+        for name in ("obs", "actions", "rewards", "terminated", "truncated"):
+            np.testing.assert_array_equal(a[name], b[name])
+    # resuming on Ray adds only the missing episodes
+    more = CollectConfig(**{**config.__dict__, "episodes": 6})
+    summary = collect(more, str(tmp_path / "ray"), progress=False, cluster=LOCAL)
+    assert summary.episodes_new == 2 and EpisodeStore(tmp_path / "ray").indices == list(range(6))
+
+
+def local_returns(models, params, jobs):
+    vae, mdrnn = load_vae(models[0]), load_mdrnn(models[1])
+    policy = WorldModelPolicy(vae, mdrnn, ControllerSpec())
+    with make_vec_env(backend="gymnasium", num_envs=2, max_steps=40, workers=0) as env:
+        return RolloutEngine(policy, env).run(params, jobs).returns
+
+
+def start_pool(models, settings=LOCAL):
+    from worldmodels.distributed.rollouts import RayRolloutPool
+
+    return RayRolloutPool.start(
+        settings,
+        models[0],
+        models[1],
+        ControllerSpec().to_dict(),
+        "sample",
+        backend="gymnasium",
+        num_envs=2,
+        max_steps=40,
+        seed=0,
+    )
+
+
+def test_a_generation_on_ray_matches_the_local_engine(ray_instance, models):
+    params = np.random.default_rng(0).standard_normal((3, 867)) * 0.5
+    jobs = [(c, s) for c in range(3) for s in (21, 22)]
+    pool = start_pool(models)
+    try:
+        assert len(pool.workers) == 2  # one per CPU Ray reports
+        result = pool.run(params, jobs)
+    finally:
+        pool.close()
+    np.testing.assert_allclose(result.returns, local_returns(models, params, jobs), atol=1e-3)
+    assert result.env_steps == 6 * 40
+
+
+def test_a_killed_worker_has_its_work_rerun(ray_instance, models):
+    params = np.random.default_rng(1).standard_normal((4, 867)) * 0.5
+    jobs = [(c, s) for c in range(4) for s in (31, 32, 33)]
+    pool = start_pool(models)
+    victim = pool.pids[0]
+    killer = threading.Timer(2.0, os.kill, (victim, signal.SIGKILL))
+    try:
+        killer.start()
+        result = pool.run(params, jobs)
+        # the restarted worker serves the next generation too
+        again = pool.run(params[:1], jobs[:2])
+    finally:
+        killer.cancel()
+        pool.close()
+    assert pool.reruns >= 1, "the worker was not killed mid-generation; make the jobs longer"
+    expected = local_returns(models, params, jobs)
+    np.testing.assert_allclose(result.returns, expected, atol=1e-3)
+    np.testing.assert_allclose(again.returns, expected[:2], atol=1e-3)
+
+
+def test_train_controller_on_ray_and_resume(ray_instance, models, tmp_path):
+    config = ControllerConfig(
+        popsize=4,
+        rollouts=1,
+        generations=2,
+        backend="gymnasium",
+        num_envs=2,
+        max_steps=30,
+        eval_every=1,
+        eval_episodes=2,
+    )
+    summary = train_controller(*models, tmp_path, config, progress=False, cluster=LOCAL)
+    assert summary.generations == 2 and (tmp_path / "best.npy").exists()
+    config.generations = 3
+    resumed = train_controller(
+        *models, tmp_path, config, resume=True, progress=False, cluster=LOCAL
+    )
+    assert resumed.generations == 3
