@@ -204,3 +204,12 @@ def test_train_controller_on_ray_and_resume(ray_instance, models, tmp_path):
         *models, tmp_path, config, resume=True, progress=False, cluster=LOCAL
     )
     assert resumed.generations == 3
+
+
+def test_pipeline_smoke_on_ray_from_the_command_line(ray_instance, tmp_path):
+    from worldmodels.cli import main
+
+    out = tmp_path / "run"
+    assert main(["pipeline", "--preset", "smoke", "--out", str(out), "--ray", "--no-progress"]) == 0
+    assert (out / "report.md").exists() and (out / "controller" / "best.npy").exists()
+    assert len(EpisodeStore(out / "episodes")) == 4
