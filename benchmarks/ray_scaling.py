@@ -4,11 +4,11 @@
 
 One CMA-ES generation's rollouts (popsize x rollouts episodes of ``--steps`` steps, V + M + C
 inference, untrained networks) are timed three ways on this machine, in one run: the local
-engine; Ray with one worker holding every CPU; Ray with one worker per CPU. Ray's fixed cost
-per generation (scheduling, shipping the population, gathering fitnesses) is measured apart,
-on episodes of 2 steps, and set against a generation of the paper's shape (64 x 16 episodes of
-1,000 steps = 1,024,000 env steps) at this machine's measured steps/s per core, to estimate its
-share on N nodes.
+engine; Ray with one worker holding every CPU; Ray with one worker per CPU. Ray's overhead per
+generation (scheduling, shipping the population, gathering fitnesses: the wall time minus the
+worker's own time) is set against a generation of the paper's shape (64 x 16 episodes of 1,000
+steps = 1,024,000 env steps) at this machine's measured steps/s per core, to estimate its share
+on N nodes (assuming the overhead does not grow with the node count: one chunk per worker).
 """
 
 from __future__ import annotations
@@ -63,7 +63,8 @@ def time_local(models, params, jobs, steps, num_envs, backend) -> float:
         return time.perf_counter() - start
 
 
-def time_ray(ray, models, params, jobs, steps, num_envs, backend, workers, repeats=1) -> float:
+def time_ray(ray, models, params, jobs, steps, num_envs, backend, workers, repeats):
+    """Median generation wall time, and median Ray overhead (wall minus the busiest worker)."""
     from worldmodels.controller.model import ControllerSpec
     from worldmodels.distributed.cluster import RaySettings
     from worldmodels.distributed.rollouts import RayRolloutPool
@@ -82,12 +83,13 @@ def time_ray(ray, models, params, jobs, steps, num_envs, backend, workers, repea
     )
     try:
         pool.run(params, jobs[: len(pool.workers)])  # warm-up: every worker once
-        times = []
+        walls, overheads = [], []
         for _ in range(repeats):
             start = time.perf_counter()
             pool.run(params, jobs)
-            times.append(time.perf_counter() - start)
-        return float(np.median(times))
+            walls.append(time.perf_counter() - start)
+            overheads.append(walls[-1] - pool.busy_seconds)
+        return float(np.median(walls)), float(np.median(overheads))
     finally:
         pool.close()
 
@@ -99,6 +101,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--num-envs", type=int, default=16)
     parser.add_argument("--backend", default="auto")
+    parser.add_argument("--repeats", type=int, default=3, help="timed generations per setup")
     args = parser.parse_args()
 
     import ray
@@ -112,16 +115,19 @@ def main() -> None:
     env_steps = len(jobs) * args.steps
     with tempfile.TemporaryDirectory() as tmp:
         models = save_models(Path(tmp))
-        local = time_local(models, params, jobs, args.steps, args.num_envs, backend)
+        local = float(
+            np.median(
+                [
+                    time_local(models, params, jobs, args.steps, args.num_envs, backend)
+                    for _ in range(args.repeats)
+                ]
+            )
+        )
         ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
         try:
-            one = time_ray(ray, models, params, jobs, args.steps, args.num_envs, backend, 1)
-            many = time_ray(ray, models, params, jobs, args.steps, args.num_envs, backend, cpus)
-            tiny_jobs = jobs_for(args.popsize, args.rollouts)
-            tiny_local = time_local(models, params, tiny_jobs, 2, args.num_envs, backend)
-            tiny_ray = time_ray(
-                ray, models, params, tiny_jobs, 2, args.num_envs, backend, 1, repeats=5
-            )
+            shape = (models, params, jobs, args.steps, args.num_envs, backend)
+            one, overhead = time_ray(ray, *shape, 1, args.repeats)
+            many, _ = time_ray(ray, *shape, cpus, args.repeats)
         finally:
             ray.shutdown()
 
@@ -139,14 +145,16 @@ def main() -> None:
             f"  {name:26s} {seconds:7.2f} s/generation  {env_steps / seconds:7.0f} env steps/s  "
             f"{local / seconds:5.2f}x local"
         )
-    fixed = max(tiny_ray - tiny_local, 0.0)
-    print(f"ray's fixed cost per generation: {fixed * 1000:.0f} ms (2-step episodes, 1 worker)")
+    print(
+        f"ray's overhead per generation (1 worker; wall time minus the worker's own): "
+        f"{overhead * 1000:.0f} ms = {100 * overhead / one:.1f}% of this generation"
+    )
     per_core = env_steps / local / cpus
     for nodes, cores in [(1, cpus), (1, 64), (8, 64), (32, 64)]:
         gen = PAPER_STEPS_PER_GENERATION / (per_core * cores * nodes)
         print(
             f"  paper-shaped generation on {nodes} node(s) x {cores} cores: ~{gen:7.1f} s, "
-            f"ray's fixed cost {100 * fixed / gen:.3f}% of it"
+            f"ray's overhead {100 * overhead / gen:.2f}% of it"
         )
 
 

@@ -67,7 +67,7 @@ class RolloutWorker:
 
     def run(self, params: np.ndarray, jobs: list, early_stop: int | None):
         result = self.engine.run(params, jobs, early_stop=early_stop)
-        return result.returns, result.lengths, result.env_steps
+        return result.returns, result.lengths, result.env_steps, result.seconds
 
 
 def _write(path: Path, data: bytes) -> Path:
@@ -84,6 +84,7 @@ class RayRolloutPool:
         self.settings = settings
         self.pids = pids  # of the workers as started (tests kill one)
         self.reruns = 0  # chunks run again because their worker died
+        self.busy_seconds = 0.0  # of the last run: the longest any worker spent on its chunks
 
     @classmethod
     def start(
@@ -151,6 +152,7 @@ class RayRolloutPool:
         returns = np.zeros(len(jobs), np.float64)
         lengths = np.zeros(len(jobs), np.int64)
         env_steps = 0
+        busy: dict[int, float] = {}
 
         def call(worker, chunk):
             return worker.run.remote(params_ref, [jobs[i] for i in chunk], early_stop)
@@ -160,6 +162,8 @@ class RayRolloutPool:
             chunk = chunks[index]
             returns[chunk], lengths[chunk] = result[0], result[1]
             env_steps += int(result[2])
+            worker = index % len(self.workers)  # chunk i starts on worker i (run_chunks)
+            busy[worker] = busy.get(worker, 0.0) + float(result[3])
             if on_episode is not None:
                 for job in chunk:
                     on_episode(job, float(returns[job]))
@@ -167,6 +171,7 @@ class RayRolloutPool:
         self.reruns += run_chunks(
             self.ray, self.workers, chunks, call, on_done, self.settings.max_retries
         )
+        self.busy_seconds = max(busy.values(), default=0.0)
         return RolloutResult(returns, lengths, env_steps, time.perf_counter() - start)
 
     def close(self) -> None:
