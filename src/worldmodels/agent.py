@@ -5,7 +5,9 @@
     actions = agent.act(frames)  # frames: uint8 (8, 96, 96, 3) raw CarRacing observations
 
 ``act`` preprocesses, encodes (V), applies C to [z, h] and steps M's LSTM, for the whole batch
-in one call; the actions are float32 (B, 3), ready for ``env.step``.
+in one call; the actions are float32 (B, 3), ready for ``env.step``. A Doom agent (trained in
+the dream) takes raw (B, 240, 320, 3) screens and gives (B, 1) tanh outputs, which
+``VecDoom.step`` maps to left / stay / right; ``agent.env`` says which game it plays.
 """
 
 from __future__ import annotations
@@ -36,8 +38,9 @@ def find_controller_dir(run_dir: str | Path) -> Path:
 
 
 class Agent:
-    def __init__(self, policy: WorldModelPolicy, params: np.ndarray):
+    def __init__(self, policy: WorldModelPolicy, params: np.ndarray, env: str = "carracing"):
         self.policy = policy
+        self.env = env
         self.spec = policy.spec
         self.params = check_params(params, self.spec)
         self._params_t = torch.as_tensor(self.params, dtype=torch.float32, device=policy.device)
@@ -68,8 +71,16 @@ class Agent:
         except Exception as e:
             raise ValueError(f"controller parameters {params_path} are corrupt: {e}") from None
         params = check_params(params, spec, source=str(params_path))
-        policy = WorldModelPolicy(vae, mdrnn, spec, dev, z_mode=info.get("z_mode", "sample"))
-        return cls(policy, params)
+        env = info.get("env", "carracing")
+        policy = WorldModelPolicy(
+            vae,
+            mdrnn,
+            spec,
+            dev,
+            z_mode=info.get("z_mode", "sample"),
+            preprocess=_preprocessor(env),
+        )
+        return cls(policy, params, env)
 
     def reset(self, batch_size: int = 1, seeds: list[int | None] | None = None) -> None:
         """Start ``batch_size`` new episodes; ``seeds`` seed each one's z-sampling noise."""
@@ -80,11 +91,26 @@ class Agent:
     def act(self, frames: np.ndarray) -> np.ndarray:
         frames = np.asarray(frames)
         if frames.ndim != 4 or frames.shape[0] != self.batch_size:
+            h, w = (240, 320) if self.env == "doom" else (96, 96)
             raise ValueError(
-                f"expected frames ({self.batch_size}, 96, 96, 3) after "
+                f"expected frames ({self.batch_size}, {h}, {w}, 3) after "
                 f"reset({self.batch_size}), got {frames.shape}"
             )
         slots = np.arange(self.batch_size)
         params = self._params_t.expand(self.batch_size, -1)
         actions, self.last_z = self.policy.act(frames, slots, params)
         return actions
+
+
+def _preprocessor(env: str):
+    """The raw-frame preprocessing of the game an agent plays."""
+    from worldmodels.envs.carracing import env_id_for
+
+    env_id_for(env)  # unknown names are an error naming the choices
+    if env == "doom":
+        from worldmodels.envs.doom import preprocess_doom_frames
+
+        return preprocess_doom_frames
+    from worldmodels.envs.preprocess import preprocess_frames
+
+    return preprocess_frames

@@ -23,7 +23,7 @@ class CollectConfig:
     backend: str = "auto"  # auto | gymnasium | envpool
     episodes: int = 100
     max_steps: int = 1000
-    policy: str = "brownian"  # brownian | random_weights
+    policy: str = "brownian"  # brownian | random_weights (CarRacing); doom_random (Doom)
     num_envs: int = 8  # environments stepped as one batch
     workers: int | None = None  # gymnasium subprocesses (default: one per core)
     seed: int = 0
@@ -34,6 +34,21 @@ class CollectConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.workers is not None and self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
+        if self.env == "doom":
+            from worldmodels.envs.doom import require_vizdoom
+
+            require_vizdoom()  # before anything is written
+            if self.backend != "gymnasium":
+                raise ValueError(
+                    f"env 'doom' runs on ViZDoom's gymnasium wrapper: backend must be "
+                    f"'gymnasium', got {self.backend!r}"
+                )
+            if not self.policy.startswith("doom"):
+                raise ValueError(
+                    f"policy {self.policy!r} drives CarRacing; Doom collects with 'doom_random'"
+                )
+        elif self.policy.startswith("doom"):
+            raise ValueError(f"policy {self.policy!r} is for env 'doom', not {self.env!r}")
 
 
 @dataclass
@@ -76,6 +91,7 @@ class MDNRNNConfig:
     num_gaussians: int = 5
     reward_head: bool = False
     done_head: bool = False
+    restart_input: bool = False  # Doom: a restart flag input, 1 on an episode's first step
     done_pos_weight: float = 10.0
     seq_len: int = 999
     batch_size: int = 100
@@ -167,6 +183,33 @@ class ControllerConfig:
 
 
 @dataclass
+class DreamConfig:
+    """Training C inside M's dream (the paper's Doom experiment); ``ControllerConfig`` still
+    holds the CMA-ES settings (popsize, rollouts = dreams per candidate, generations, ...) and
+    the real-environment evaluation of the distribution mean (eval_every, eval_episodes,
+    num_envs, max_steps).
+    """
+
+    env: str = "doom"  # the real environment the dream stands for (scored there)
+    temperature: float = 1.15  # tau: mixture weights softmax(log pi / tau), noise * sqrt(tau)
+    max_steps: int = 2100  # a dream is truncated after this many steps
+    max_batch: int = 4096  # dreams stepped at once; a generation's dreams go in chunks of this
+    done_threshold: float = 0.5  # done when sigmoid(done logit) > this
+    # the paper's C never sees the real game: real evaluations of the mean are a monitor and
+    # best.npy is the latest mean; True: best.npy is the mean with the best real evaluation
+    select_on_real: bool = False
+
+    def validate(self) -> None:
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        for name in ("max_steps", "max_batch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if not 0 < self.done_threshold < 1:
+            raise ValueError(f"done_threshold must be in (0, 1), got {self.done_threshold}")
+
+
+@dataclass
 class EvalConfig:
     """Scoring on gymnasium CarRacing-v3, the reference: episode i plays seed + i, in full."""
 
@@ -191,6 +234,7 @@ class PipelineConfig:
     mdrnn: MDNRNNConfig = field(default_factory=MDNRNNConfig)
     controller: ControllerConfig = field(default_factory=ControllerConfig)
     evaluate: EvalConfig = field(default_factory=EvalConfig)
+    dream: DreamConfig | None = None  # set: C is trained in M's dream, scored in the real env
 
 
 PRESETS: dict[str, PipelineConfig] = {
@@ -243,6 +287,78 @@ PRESETS: dict[str, PipelineConfig] = {
         ),
         evaluate=EvalConfig(episodes=100),
     ),
+    # Doom TakeCover, the paper's dream experiment: C is trained only inside M's dream at
+    # tau 1.15 and scored in the real game (survival steps over 100 episodes)
+    "doom": PipelineConfig(
+        collect=CollectConfig(
+            env="doom",
+            backend="gymnasium",
+            episodes=10_000,
+            max_steps=2100,
+            policy="doom_random",
+            num_envs=16,
+        ),
+        vae=VAEConfig(z_size=64, epochs=10),
+        mdrnn=MDNRNNConfig(
+            hidden_size=512,
+            done_head=True,
+            restart_input=True,
+            done_pos_weight=10.0,
+            seq_len=500,
+            batch_size=100,
+            learning_rate=1e-3,
+            lr_decay=0.99999,
+            min_learning_rate=1e-5,
+            pad_short=True,
+        ),
+        controller=ControllerConfig(
+            mode="zch",
+            popsize=64,
+            rollouts=16,
+            sigma0=0.1,
+            num_envs=16,
+            max_steps=2100,
+            eval_every=25,
+            eval_episodes=100,
+        ),
+        evaluate=EvalConfig(episodes=100, num_envs=16, max_steps=2100),
+        dream=DreamConfig(temperature=1.15, max_steps=2100),
+    ),
+    # every Doom stage on tiny sizes (about a minute on 2 cores); the tests run it end to end
+    "doom-smoke": PipelineConfig(
+        collect=CollectConfig(
+            env="doom",
+            backend="gymnasium",
+            episodes=4,
+            max_steps=200,
+            policy="doom_random",
+            num_envs=2,
+        ),
+        vae=VAEConfig(z_size=64, max_steps=20, batch_size=32, checkpoint_every=10, log_every=5),
+        mdrnn=MDNRNNConfig(
+            hidden_size=32,
+            done_head=True,
+            restart_input=True,
+            seq_len=30,
+            batch_size=4,
+            steps=20,
+            checkpoint_every=10,
+            log_every=5,
+            pad_short=True,
+        ),
+        controller=ControllerConfig(
+            mode="zch",
+            popsize=4,
+            rollouts=2,
+            generations=2,
+            num_envs=2,
+            max_steps=100,
+            eval_every=1,
+            eval_episodes=2,
+        ),
+        evaluate=EvalConfig(episodes=2, num_envs=2, max_steps=100),
+        dream=DreamConfig(temperature=1.15, max_steps=100),
+    ),
 }
 
 
@@ -265,10 +381,18 @@ def from_dict(cls: type[T], data: dict[str, Any]) -> T:
         raise ValueError(f"unknown {cls.__name__} keys: {', '.join(sorted(unknown))}")
     kwargs = {}
     for key, value in data.items():
-        sub = hints[key]
-        nested = dataclasses.is_dataclass(sub) and isinstance(value, dict)
+        sub = _dataclass_in(hints[key])
+        nested = sub is not None and isinstance(value, dict)
         kwargs[key] = from_dict(sub, value) if nested else value
     return cls(**kwargs)
+
+
+def _dataclass_in(hint: Any) -> type | None:
+    """The dataclass a field holds: ``X`` for ``X`` and for ``X | None``; else None."""
+    if dataclasses.is_dataclass(hint):
+        return hint
+    dataclasses_in = [a for a in typing.get_args(hint) if dataclasses.is_dataclass(a)]
+    return dataclasses_in[0] if len(dataclasses_in) == 1 else None
 
 
 def save_config(config: Any, path: str | Path) -> None:

@@ -1,5 +1,8 @@
 """The whole method in one call: collect -> V -> encode -> M -> C -> evaluate -> report.
 
+With a ``dream`` section in the config (the ``doom`` presets), C is trained inside M's dream
+(:func:`worldmodels.dream.train.train_in_dream`) and evaluated in the real game.
+
 A run folder holds one subfolder per stage and ``stages.json``, which records each finished
 stage; running the pipeline again skips finished stages and resumes the unfinished one from
 its own checkpoint. The run's config (from a named preset) is saved as ``config.json``; a
@@ -151,6 +154,29 @@ def _train_controller(config: PipelineConfig, paths: RunPaths, progress: bool, c
     from worldmodels.evolution.cmaes import STATE
 
     resume = (paths.controller / STATE).exists()
+    if config.dream is not None:  # in M's dream, scored in the real game (cluster unused)
+        from worldmodels.agent import Agent
+        from worldmodels.dream.pictures import dream_beside_real
+        from worldmodels.dream.train import train_in_dream
+
+        summary = train_in_dream(
+            paths.mdrnn,
+            paths.series,
+            paths.vae,
+            paths.controller,
+            config.controller,
+            config.dream,
+            resume=resume,
+            progress=progress,
+        )
+        gif = dream_beside_real(
+            Agent.load(paths.root, device=config.controller.device),
+            paths.controller / "dream_vs_real.gif",
+            temperature=config.dream.temperature,
+            max_steps=min(config.dream.max_steps, 300),
+        )
+        steps = f"real {gif.real_steps}, dream {gif.dream_steps} steps"
+        return f"{summary.line()}; {gif.path.name} ({steps})"
     return train_controller(
         paths.vae,
         paths.mdrnn,

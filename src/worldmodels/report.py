@@ -27,7 +27,7 @@ def write_report(paths) -> Path:
             "",
             "| evaluation | episodes | seeds | mean +- std | min | max |",
             "|---|---|---|---|---|---|",
-            f"| {ev['backend']} CarRacing-v3 | {ev['episodes']} "
+            f"| {ev['backend']} {ev.get('env_id', 'CarRacing-v3')} | {ev['episodes']} "
             f"| {ev['seeds'][0]}..{ev['seeds'][-1]} "
             f"| **{ev['mean']:.1f} +- {ev['std']:.1f}** | {min(ev['returns']):.1f} "
             f"| {max(ev['returns']):.1f} |",
@@ -47,6 +47,11 @@ def write_report(paths) -> Path:
             "Controller training (best / mean / worst per generation, mean-eval)",
             "controller",
             ("curve.png",),
+        ),
+        (
+            "C in the real game (left) and in M's dream, decoded by V (right)",
+            "controller",
+            ("dream_vs_real.png", "dream_vs_real.gif"),
         ),
         ("V: real frames (top) and reconstructions (bottom)", "vae", ("recon.png", "recon.gif")),
         ("M: real frames beside M's predictions and dreams", "mdrnn", ("**/*.png", "**/*.gif")),

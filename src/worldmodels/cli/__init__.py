@@ -19,6 +19,8 @@ COMMANDS = [
     "encode",
     "train-mdrnn",
     "train-controller",
+    "dream-train",
+    "dream-sweep",
     "evaluate",
     "pipeline",
     "info",

@@ -1,4 +1,4 @@
-"""``worldmodels evaluate``: score a trained agent on gymnasium CarRacing-v3."""
+"""``worldmodels evaluate``: score a trained agent in its real game (CarRacing-v3 or Doom)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,12 @@ def add_arguments(p) -> None:
         default=d.backend,
         help="gymnasium (the reference for reported scores) or envpool",
     )
-    p.add_argument("--max-steps", type=positive_int, default=d.max_steps)
+    p.add_argument(
+        "--max-steps",
+        type=positive_int,
+        default=None,
+        help=f"episode limit (default: the game's, {d.max_steps} CarRacing, 2100 Doom)",
+    )
     p.add_argument("--params", default="best", choices=("best", "latest"))
     p.add_argument(
         "--out", help="JSON with every episode's return and seed (default RUN_DIR/eval.json)"
@@ -36,8 +41,11 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     from worldmodels.agent import Agent
     from worldmodels.controller.evaluate import evaluate_agent, record_video, save_eval
+    from worldmodels.envs.doom import DEFAULT_MAX_STEPS as DOOM_MAX_STEPS
 
     agent = Agent.load(args.run_dir, device=args.device, which=args.params)
+    if args.max_steps is None:
+        args.max_steps = DOOM_MAX_STEPS if agent.env == "doom" else EvalConfig().max_steps
     result = evaluate_agent(
         agent,
         episodes=args.episodes,

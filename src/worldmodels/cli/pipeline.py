@@ -17,7 +17,8 @@ def add_arguments(p) -> None:
         "--preset",
         default="smoke",
         choices=list(PRESETS),
-        help="smoke: minutes; laptop: ~2 h on 2 cores; paper: the paper's settings",
+        help="smoke: minutes; laptop: ~2 h on 2 cores; paper: the paper's settings; doom: the "
+        "paper's Doom TakeCover dream experiment (doom-smoke: its tiny version)",
     )
     p.add_argument("--out", required=True, help="run folder (created, or resumed)")
     add_ray_arguments(p)

@@ -1,4 +1,5 @@
-"""Score an agent on gymnasium ``CarRacing-v3``: full episodes, explicit seeds, no shortcuts."""
+"""Score an agent in its real game (gymnasium ``CarRacing-v3``, or ViZDoom TakeCover for a
+Doom agent): full episodes, explicit seeds, no shortcuts."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from tqdm import tqdm
 
 from worldmodels.agent import Agent
 from worldmodels.controller.rollout import RolloutEngine
-from worldmodels.envs.carracing import DEFAULT_MAX_STEPS, make_vec_env
+from worldmodels.envs.carracing import DEFAULT_MAX_STEPS, env_id_for, make_vec_env
 from worldmodels.utils.io import atomic_write_json
 
 
@@ -21,6 +22,7 @@ class EvalResult:
     seeds: list[int]
     backend: str
     seconds: float
+    env: str = "carracing"
 
     @property
     def mean(self) -> float:
@@ -31,9 +33,10 @@ class EvalResult:
         return float(self.returns.std())
 
     def line(self) -> str:
+        game = "" if self.env == "carracing" else f"{self.env}, "
         return (
             f"{self.mean:.1f} +- {self.std:.1f} over {len(self.returns)} episodes "
-            f"({self.backend}, seeds {self.seeds[0]}..{self.seeds[-1]}, {self.seconds:.0f} s)"
+            f"({game}{self.backend}, seeds {self.seeds[0]}..{self.seeds[-1]}, {self.seconds:.0f} s)"
         )
 
     def to_dict(self) -> dict:
@@ -42,6 +45,8 @@ class EvalResult:
             "std": self.std,
             "episodes": len(self.returns),
             "backend": self.backend,
+            "env": self.env,
+            "env_id": env_id_for(self.env),
             "seconds": self.seconds,
             "returns": [float(r) for r in self.returns],
             "seeds": self.seeds,
@@ -57,8 +62,13 @@ def evaluate_agent(
     workers: int | None = None,
     max_steps: int = DEFAULT_MAX_STEPS,
     progress: bool = True,
+    env: str | None = None,
 ) -> EvalResult:
-    """Episode i is played on seed ``seed + i``, to the end (no early stop)."""
+    """Episode i is played on seed ``seed + i``, to the end (no early stop).
+
+    ``env``: the game (default: the agent's own, ``agent.env``).
+    """
+    env_name = agent.env if env is None else env
     if episodes < 1:
         raise ValueError(f"episodes must be positive, got {episodes}")
     seeds = [seed + i for i in range(episodes)]
@@ -72,16 +82,18 @@ def evaluate_agent(
         bar.set_postfix(mean=f"{np.mean(done):.1f}")
 
     with make_vec_env(
+        env_name,
         backend=backend,
         num_envs=min(num_envs, episodes),
         max_steps=max_steps,
         seed=seed,
         workers=workers,
-    ) as env:
-        engine = RolloutEngine(agent.policy, env)
+    ) as vec:
+        engine = RolloutEngine(agent.policy, vec)
         result = engine.run(agent.params[None], [(0, s) for s in seeds], on_episode=on_episode)
     bar.close()
-    return EvalResult(result.returns, seeds, env.backend, time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    return EvalResult(result.returns, seeds, vec.backend, seconds, env_name)
 
 
 def save_eval(result: EvalResult, path: str | Path, run_dir: str | Path) -> None:
@@ -96,6 +108,11 @@ def record_video(
     scale: int = 3,
 ) -> float:
     """An episode as GIF/MP4: the road, the agent's 64x64 view and V's reconstruction of z."""
+    if agent.env != "carracing":
+        raise ValueError(
+            f"--video records CarRacing episodes; this agent plays {agent.env!r} "
+            "(see worldmodels.dream.pictures for the dream beside the real game)"
+        )
     import imageio.v2 as imageio
     import torch
 

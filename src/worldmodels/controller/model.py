@@ -1,10 +1,12 @@
-"""C: the controller, a small map from [z, h] to CarRacing's three actions.
+"""C: the controller, a small map from [z, h] to CarRacing's three actions (or Doom's one).
 
 The paper's controller is linear with bias on [z (32), h (256)]: 867 parameters. For the
 paper's ablations, ``mode="z"`` sees z alone (V only) and ``mode="z_hidden"`` puts one tanh
-hidden layer between z and the actions. CMA-ES searches over the flat parameter vector, and
-the rollout engine runs a *different* vector in every environment slot, so the forward pass
-takes one parameter row per input row.
+hidden layer between z and the actions. ``mode="zch"`` is the paper's Doom controller:
+linear, no bias, on [z (64), c (512), h (512)] (M's LSTM cell and hidden state) to one tanh
+output, 1,088 parameters, mapped to left / stay / right by :func:`doom_direction`.
+CMA-ES searches over the flat parameter vector, and the rollout engine runs a *different*
+vector in every environment slot, so the forward pass takes one parameter row per input row.
 """
 
 from __future__ import annotations
@@ -15,28 +17,53 @@ import numpy as np
 import torch
 from torch import Tensor
 
-MODES = ("zh", "z", "z_hidden")
+MODES = ("zh", "z", "z_hidden")  # CarRacing: three squashed actions
+DOOM_MODES = ("zch",)  # Doom TakeCover: one tanh output, no bias
+ALL_MODES = MODES + DOOM_MODES
+DOOM_THRESHOLD = 1 / 3  # tanh output < -1/3: left, > 1/3: right, else stay (the paper's)
 
 
 @dataclass(frozen=True)
 class ControllerSpec:
     z_size: int = 32
-    hidden_size: int = 256  # M's LSTM size; used by mode "zh"
+    hidden_size: int = 256  # M's LSTM size; used by modes "zh" and "zch"
     mode: str = "zh"
     hidden_units: int = 40  # used by mode "z_hidden"
     action_size: int = 3
 
     def __post_init__(self):
-        if self.mode not in MODES:
-            raise ValueError(f"unknown controller mode {self.mode!r}; choose one of {MODES}")
+        if self.mode not in ALL_MODES:
+            raise ValueError(f"unknown controller mode {self.mode!r}; choose one of {ALL_MODES}")
+        if self.mode in DOOM_MODES and self.action_size != 1:
+            raise ValueError(
+                f"controller mode {self.mode!r} has one output (action_size=1), got "
+                f"action_size={self.action_size}; use ControllerSpec.doom()"
+            )
+        if self.mode in MODES and self.action_size != 3:
+            raise ValueError(f"controller mode {self.mode!r} drives CarRacing's 3 actions")
+
+    @classmethod
+    def doom(cls, z_size: int = 64, hidden_size: int = 512) -> ControllerSpec:
+        """The paper's Doom controller: [z, c, h] -> 1, tanh, no bias (1,088 at 64 + 2 x 512)."""
+        return cls(z_size=z_size, hidden_size=hidden_size, mode="zch", action_size=1)
 
     @property
     def uses_memory(self) -> bool:
-        return self.mode == "zh"
+        return self.mode in ("zh", "zch")
+
+    @property
+    def uses_cell(self) -> bool:
+        """Whether C also sees M's LSTM cell state c (the paper's Doom input [z, c, h])."""
+        return self.mode == "zch"
+
+    @property
+    def has_bias(self) -> bool:
+        return self.mode != "zch"
 
     @property
     def input_size(self) -> int:
-        return self.z_size + (self.hidden_size if self.uses_memory else 0)
+        memory = self.hidden_size * (2 if self.uses_cell else 1) if self.uses_memory else 0
+        return self.z_size + memory
 
     @property
     def layer_sizes(self) -> list[tuple[int, int]]:
@@ -46,7 +73,8 @@ class ControllerSpec:
 
     @property
     def num_params(self) -> int:
-        return sum(n_in * n_out + n_out for n_in, n_out in self.layer_sizes)
+        bias = int(self.has_bias)
+        return sum(n_in * n_out + bias * n_out for n_in, n_out in self.layer_sizes)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -58,10 +86,21 @@ def squash_actions(raw: Tensor) -> Tensor:
     return torch.stack([t[:, 0], (t[:, 1] + 1) / 2, t[:, 2].clamp(0, 1)], dim=1)
 
 
-def controller_actions(params: Tensor, x: Tensor, spec: ControllerSpec) -> Tensor:
-    """Actions (N, 3) for inputs ``x`` (N, input_size), row i using parameter row ``params[i]``.
+def doom_direction(actions: np.ndarray) -> np.ndarray:
+    """The paper's three-way mapping of C's tanh output: -1 left, 0 stay, +1 right (int64).
 
-    Each layer's parameters are a weight (n_in, n_out), row-major, then a bias (n_out).
+    ``actions`` (N,) or (N, 1); ``< -1/3`` is left, ``> 1/3`` right, anything between stays.
+    """
+    a = np.asarray(actions, dtype=np.float32)
+    a = a[:, 0] if a.ndim == 2 else a
+    return np.where(a < -DOOM_THRESHOLD, -1, np.where(a > DOOM_THRESHOLD, 1, 0)).astype(np.int64)
+
+
+def controller_actions(params: Tensor, x: Tensor, spec: ControllerSpec) -> Tensor:
+    """Actions (N, A) for inputs ``x`` (N, input_size), row i using parameter row ``params[i]``.
+
+    Each layer's parameters are a weight (n_in, n_out), row-major, then a bias (n_out) unless
+    the mode has none ("zch"). CarRacing modes give (N, 3) squashed actions, "zch" (N, 1) tanh.
     """
     if params.shape[-1] != spec.num_params:
         raise ValueError(
@@ -73,12 +112,13 @@ def controller_actions(params: Tensor, x: Tensor, spec: ControllerSpec) -> Tenso
     for layer, (n_in, n_out) in enumerate(spec.layer_sizes):
         weight = params[:, offset : offset + n_in * n_out].reshape(n, n_in, n_out)
         offset += n_in * n_out
-        bias = params[:, offset : offset + n_out]
-        offset += n_out
-        h = torch.bmm(h.unsqueeze(1), weight).squeeze(1) + bias
+        h = torch.bmm(h.unsqueeze(1), weight).squeeze(1)
+        if spec.has_bias:
+            h = h + params[:, offset : offset + n_out]
+            offset += n_out
         if layer < len(spec.layer_sizes) - 1:
             h = torch.tanh(h)
-    return squash_actions(h)
+    return torch.tanh(h) if spec.mode in DOOM_MODES else squash_actions(h)
 
 
 def check_params(

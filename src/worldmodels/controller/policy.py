@@ -7,6 +7,8 @@ running candidates side by side gives the same episodes as running each alone.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
@@ -19,9 +21,12 @@ Z_MODES = ("sample", "mean")
 
 
 class WorldModelPolicy:
-    """Raw CarRacing frames in, actions out: preprocess, encode (V), act (C), step M's LSTM.
+    """Raw frames in, actions out: preprocess, encode (V), act (C), step M's LSTM.
 
     ``z_mode="sample"`` draws z = mu + sigma * eps as the 2018 code did; ``"mean"`` uses mu.
+    ``preprocess``: raw frames -> uint8 (n, 64, 64, 3); CarRacing's crop and resize by
+    default, the environment's own for others (``VecDoom.preprocess``). Mode "zch" feeds C
+    [z, c, h]; an M with a restart input (``extra_inputs=1``) gets 1 on an episode's first step.
     """
 
     def __init__(
@@ -31,6 +36,7 @@ class WorldModelPolicy:
         spec: ControllerSpec,
         device: torch.device | str = "cpu",
         z_mode: str = "sample",
+        preprocess: Callable[[np.ndarray], np.ndarray] = preprocess_frames,
     ):
         if z_mode not in Z_MODES:
             raise ValueError(f"unknown z_mode {z_mode!r}; choose one of {Z_MODES}")
@@ -44,17 +50,24 @@ class WorldModelPolicy:
                     f"M has z={mdrnn.z_size}, h={mdrnn.hidden_size} but the controller expects "
                     f"z={spec.z_size}, h={spec.hidden_size}"
                 )
+            if mdrnn.action_size != spec.action_size:
+                raise ValueError(
+                    f"M takes {mdrnn.action_size} action values but the controller gives "
+                    f"{spec.action_size}"
+                )
         self.device = torch.device(device)
         self.vae = vae.to(self.device).eval()
         self.mdrnn = mdrnn.to(self.device).eval() if mdrnn is not None else None
         self.spec = spec
         self.z_mode = z_mode
+        self.preprocess = preprocess
         self.reset(0)
 
     def reset(self, num_slots: int) -> None:
         hidden = self.spec.hidden_size
         self.h = torch.zeros(1, num_slots, hidden, device=self.device)
         self.c = torch.zeros(1, num_slots, hidden, device=self.device)
+        self.first = torch.ones(num_slots, dtype=torch.bool, device=self.device)
         self.rngs = [np.random.default_rng() for _ in range(num_slots)]
 
     def start(self, slots: np.ndarray, seeds: list[int | None]) -> None:
@@ -62,14 +75,15 @@ class WorldModelPolicy:
         slots = np.asarray(slots)
         self.h[:, slots] = 0
         self.c[:, slots] = 0
+        self.first[slots] = True
         for slot, seed in zip(slots, seeds, strict=True):
             self.rngs[slot] = np.random.default_rng(seed)
 
     @torch.inference_mode()
     def act(self, raw_frames: np.ndarray, slots: np.ndarray, params: torch.Tensor):
-        """Actions (n, 3) float32 for raw frames (n, 96, 96, 3) in ``slots``, and their z."""
+        """Actions (n, A) float32 for raw frames (n, H, W, 3) in ``slots``, and their z."""
         slots = np.asarray(slots)
-        x = frames_to_input(preprocess_frames(raw_frames), self.device)
+        x = frames_to_input(self.preprocess(raw_frames), self.device)
         mu, logvar = self.vae.encode(x)
         z = mu
         if self.z_mode == "sample":
@@ -77,12 +91,23 @@ class WorldModelPolicy:
             z = mu + torch.exp(0.5 * logvar) * torch.as_tensor(
                 noise, dtype=mu.dtype, device=mu.device
             )
-        inputs = torch.cat([z, self.h[0, slots]], dim=1) if self.spec.uses_memory else z
+        inputs = z
+        if self.spec.uses_cell:
+            inputs = torch.cat([z, self.c[0, slots], self.h[0, slots]], dim=1)
+        elif self.spec.uses_memory:
+            inputs = torch.cat([z, self.h[0, slots]], dim=1)
         actions = controller_actions(params, inputs, self.spec)
         if self.spec.uses_memory:
+            restart = None
+            if self.mdrnn.extra_inputs:
+                restart = self.first[slots].to(z.dtype).reshape(-1, 1, 1)
             _, (h, c) = self.mdrnn.hidden_sequence(
-                z.unsqueeze(1), actions.unsqueeze(1), state=(self.h[:, slots], self.c[:, slots])
+                z.unsqueeze(1),
+                actions.unsqueeze(1),
+                restart,
+                state=(self.h[:, slots], self.c[:, slots]),
             )
             self.h[:, slots] = h
             self.c[:, slots] = c
+        self.first[slots] = False
         return actions.float().cpu().numpy(), z

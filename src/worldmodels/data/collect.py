@@ -18,7 +18,6 @@ from worldmodels.config import CollectConfig, to_dict
 from worldmodels.data.policies import make_policy
 from worldmodels.data.store import StoreWriter
 from worldmodels.envs.carracing import env_id_for, make_vec_env, resolve_backend
-from worldmodels.envs.preprocess import preprocess_frames
 from worldmodels.utils.device import torch_threads
 
 
@@ -156,7 +155,7 @@ def _run(config, writer, backend, todo, env_seed, progress) -> int:
         while any(slot is not None for slot in slots):
             active = np.array([slot is not None for slot in slots])
             small = np.zeros((num_envs, 64, 64, 3), np.uint8)
-            small[active] = preprocess_frames(obs[active])
+            small[active] = env.preprocess(obs[active])
             actions = policy.act(small, active)
             result = env.step(actions, active)
             starting[:] = False

@@ -93,7 +93,39 @@ class RandomWeightsPolicy(ExplorationPolicy):
         return out
 
 
-POLICIES = {p.name: p for p in (BrownianPolicy, RandomWeightsPolicy)}
+class DoomRandomPolicy(ExplorationPolicy):
+    """The paper's Doom TakeCover collection: a uniform random action in [-1, 1], held for a
+    uniform random 1-10 frames, then a new one. Actions are (N, 1), C's single output, which
+    the environment maps to left / stay / right.
+    """
+
+    name = "doom_random"
+    action_size = 1
+
+    def __init__(self, num_slots: int, min_hold: int = 1, max_hold: int = 10):
+        super().__init__(num_slots)
+        self.min_hold, self.max_hold = min_hold, max_hold
+        self.actions = np.zeros((num_slots, 1), np.float32)
+        self.left = np.zeros(num_slots, np.int64)  # frames the current action is still held
+
+    def start(self, slot, rng):
+        super().start(slot, rng)
+        self.left[slot] = 0
+
+    def act(self, frames, active):
+        out = np.zeros((self.num_slots, 1), np.float32)
+        for slot in np.flatnonzero(active):
+            if self.left[slot] == 0:
+                rng = self.rngs[slot]
+                self.actions[slot] = rng.uniform(-1.0, 1.0)
+                self.left[slot] = rng.integers(self.min_hold, self.max_hold + 1)
+            self.left[slot] -= 1
+            out[slot] = self.actions[slot]
+        return out
+
+
+POLICIES = {p.name: p for p in (BrownianPolicy, RandomWeightsPolicy, DoomRandomPolicy)}
+ENV_POLICIES = {"carracing": ("brownian", "random_weights"), "doom": ("doom_random",)}
 
 
 def make_policy(name: str, num_slots: int) -> ExplorationPolicy:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-ENV_IDS = {"carracing": "CarRacing-v3"}
+ENV_IDS = {"carracing": "CarRacing-v3", "doom": "VizdoomTakeCover-v1"}  # doom: envs/doom.py
 BACKENDS = ("auto", "gymnasium", "envpool")
 OBS_SHAPE = (96, 96, 3)
 ACTION_LOW = np.array([-1.0, 0.0, 0.0], dtype=np.float32)
@@ -80,6 +80,13 @@ class VecCarRacing:
         self.num_envs = num_envs
         self.max_steps = max_steps
         self._obs = np.zeros((num_envs, *OBS_SHAPE), dtype=np.uint8)
+
+    @staticmethod
+    def preprocess(frames: np.ndarray) -> np.ndarray:
+        """Raw frames -> the 64x64 frames V sees (each env class brings its own)."""
+        from worldmodels.envs.preprocess import preprocess_frames
+
+        return preprocess_frames(frames)
 
     def reset(self, mask: np.ndarray | None = None, seeds: list[int | None] | None = None):
         """Reset the environments where ``mask`` is true (all when None); returns all obs.
@@ -312,6 +319,10 @@ def make_vec_env(
     threads (default or 0: EnvPool's choice).
     """
     env_id_for(env)
+    if env == "doom":  # one backend: ViZDoom's gymnasium wrapper
+        from worldmodels.envs.doom import VecDoom
+
+        return VecDoom(num_envs, max_steps, workers=workers)
     backend = resolve_backend(backend, quiet=quiet)
     if backend == "envpool":
         return EnvPoolCarRacing(num_envs, max_steps, seed=seed, num_threads=workers or 0)

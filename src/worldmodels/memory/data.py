@@ -108,6 +108,14 @@ class WindowBatch:
         return self.z[:, 1:]
 
     @property
+    def restarts(self) -> Tensor:
+        """``(B, L)`` float: 1 where the input step is its episode's first (Doom's restart flag)."""
+        device = self.actions.device
+        length = self.actions.shape[1]
+        first = torch.as_tensor(self.starts, device=device)[:, None]
+        return (first + torch.arange(length, device=device) == 0).to(self.actions.dtype)
+
+    @property
     def sequence_steps(self) -> int:
         """Number of predicted steps in the batch (B x L)."""
         return self.actions.shape[0] * self.actions.shape[1]

@@ -84,6 +84,7 @@ def build_mdrnn(config: MDNRNNConfig, z_size: int, action_size: int) -> MDNRNN:
         num_gaussians=config.num_gaussians,
         reward_head=config.reward_head,
         done_head=config.done_head,
+        extra_inputs=int(config.restart_input),
     )
 
 
@@ -147,7 +148,8 @@ def learning_rate_at(config: MDNRNNConfig, step: int) -> float:
 
 def compute_losses(model: MDNRNN, batch: WindowBatch, config: MDNRNNConfig) -> dict[str, Tensor]:
     """Teacher-forced losses of one batch: ``nll`` (+ ``reward``, ``done``) and ``total``."""
-    out, _ = model(batch.inputs, batch.actions)
+    extra = batch.restarts if model.extra_inputs else None
+    out, _ = model(batch.inputs, batch.actions, extra)
     terms = {"nll": mdn_nll(out, batch.targets, batch.z_mask)}
     if model.reward_head:
         terms["reward"] = reward_loss(out, batch.rewards, batch.step_mask)

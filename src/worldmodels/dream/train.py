@@ -1,0 +1,294 @@
+"""Evolve C inside M's dream with the same CMA-ES loop as real training (``run_es``).
+
+Fitness of a candidate = mean dream return over ``rollouts`` dreams. Every candidate's
+dreams are stepped together, one batch for the whole generation (in chunks of
+``DreamConfig.max_batch``), each row with its own controller parameters. All candidates of a
+generation start from the same ``rollouts`` real first frames (common random numbers, as the
+real trainer shares seeds). Every ``eval_every`` generations the distribution mean plays
+``eval_episodes`` episodes of the *real* game (seeds ``eval_seed + i``). As in the paper, C
+never learns from the real game: those scores are a monitor and ``best.npy`` is the latest
+mean, unless ``DreamConfig.select_on_real`` lets them choose ``best.npy`` (as real training
+does). The output folder has the layout of ``train-controller`` (``best.npy``,
+``latest.npy``, ``controller.json``, ``es_state.pkl``, ``log.csv``, ``curve.png``), so
+``Agent.load`` and ``worldmodels evaluate`` work on it; ``controller.json`` also records
+the real environment and the dream's temperature. Resumable like real training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from worldmodels.config import ControllerConfig, DreamConfig, save_config, to_dict
+from worldmodels.controller.model import ControllerSpec
+from worldmodels.controller.train import (
+    BEST,
+    CONTROLLER_JSON,
+    LATEST,
+    ControllerSummary,
+    plot_training_curve,
+    save_params,
+    write_controller_json,
+)
+from worldmodels.dream.env import DreamEnv, InitialLatents, load_initial_latents, run_dreams
+from worldmodels.evolution.cmaes import STATE, ESSettings, ESState, run_es
+from worldmodels.memory.mdrnn import MDNRNN
+from worldmodels.utils.device import pick_device
+from worldmodels.utils.io import atomic_write_json, read_json
+
+OBS_MODE_OF = {"zch": "zch", "zh": "zh", "z": "z", "z_hidden": "z"}
+DREAM_JSON = "dream.json"
+RESUME_FIELDS = ("env", "temperature", "max_steps", "done_threshold")  # what a dream is
+
+
+def check_same_dream(path: Path, dream: DreamConfig) -> None:
+    """A resumed run must dream the same dream (temperature, limits, game) as it started."""
+    if not path.exists():
+        return
+    saved = read_json(path, "dream settings")
+    diffs = [
+        f"{k}: {saved.get(k)} there, {getattr(dream, k)} now"
+        for k in RESUME_FIELDS
+        if saved.get(k) != getattr(dream, k)
+    ]
+    if diffs:
+        raise ValueError(f"{path}: the run was started in another dream ({'; '.join(diffs)})")
+
+
+@dataclass
+class DreamSummary(ControllerSummary):
+    """:class:`ControllerSummary` with the dream's figures (``env_steps`` are dream steps)."""
+
+    temperature: float = 1.15
+    best_dream: float = float("nan")
+
+    def line(self) -> str:
+        best = "not evaluated" if not np.isfinite(self.best_eval) else f"{self.best_eval:.1f}"
+        return (
+            f"{self.generations} generations in the dream (tau {self.temperature}) in "
+            f"{self.seconds:.0f} s ({self.env_steps / max(self.seconds, 1e-9):.0f} dream steps/s); "
+            f"best real mean-eval {best}, best dream candidate {self.best_candidate:.1f}; "
+            f"parameters in {self.out_dir / BEST}"
+        )
+
+
+def controller_spec(mode: str, mdrnn: MDNRNN) -> ControllerSpec:
+    """C's shape for ``mode`` on top of this M (Doom's "zch": [z, c, h] -> 1, no bias)."""
+    if mode == "zch":
+        return ControllerSpec.doom(mdrnn.z_size, mdrnn.hidden_size)
+    return ControllerSpec(z_size=mdrnn.z_size, hidden_size=mdrnn.hidden_size, mode=mode)
+
+
+def dream_seed(seed: int, generation: int) -> int:
+    return int(np.random.SeedSequence([seed, generation, 7]).generate_state(1)[0] >> 1)
+
+
+class DreamFitness:
+    """Mean dream return of each candidate; the generation's dreams batched together."""
+
+    def __init__(
+        self,
+        mdrnn: MDNRNN,
+        latents: InitialLatents,
+        spec: ControllerSpec,
+        dream: DreamConfig,
+        rollouts: int,
+        seed: int,
+    ):
+        self.mdrnn, self.latents, self.spec = mdrnn, latents, spec
+        self.dream, self.rollouts, self.seed = dream, rollouts, seed
+        self.obs_mode = OBS_MODE_OF[spec.mode]
+        self.device = mdrnn.head.weight.device
+
+    def dreams(self, population: np.ndarray, generation: int):
+        """Returns and lengths ``(pop, rollouts)`` and the dream steps taken."""
+        pop, r = len(population), self.rollouts
+        gen = np.random.default_rng([self.seed, generation])
+        starts = torch.as_tensor(gen.integers(len(self.latents.mu), size=r))  # shared by all
+        params = torch.as_tensor(population, dtype=torch.float32).repeat_interleave(r, dim=0)
+        episodes = starts.repeat(pop)
+        returns, lengths, steps = [], [], 0
+        for chunk, lo in enumerate(range(0, pop * r, self.dream.max_batch)):
+            hi = min(lo + self.dream.max_batch, pop * r)
+            env = DreamEnv(
+                self.mdrnn,
+                self.latents,
+                hi - lo,
+                temperature=self.dream.temperature,
+                max_steps=self.dream.max_steps,
+                obs_mode=self.obs_mode,
+                done_threshold=self.dream.done_threshold,
+                seed=dream_seed(self.seed, generation) + chunk,
+            )
+            out = run_dreams(env, params[lo:hi].to(self.device), self.spec, episodes[lo:hi])
+            returns.append(out.returns)
+            lengths.append(out.lengths)
+            steps += out.steps
+        shape = (pop, r)
+        return torch.cat(returns).reshape(shape), torch.cat(lengths).reshape(shape), steps
+
+    def __call__(self, population: np.ndarray, generation: int):
+        returns, _, steps = self.dreams(population, generation)
+        return returns.double().mean(1).numpy(), steps
+
+
+def train_in_dream(
+    mdrnn_path: str | Path,
+    series_path: str | Path,
+    vae_path: str | Path,
+    out_dir: str | Path,
+    config: ControllerConfig,
+    dream: DreamConfig,
+    resume: bool = False,
+    progress: bool = True,
+) -> DreamSummary:
+    """CMA-ES on dream returns; the distribution mean is scored in the real ``dream.env``.
+
+    ``series_path``: the series store whose first frames start the dreams. ``vae_path``: V,
+    for the real-environment evaluations and for ``Agent.load`` afterwards.
+    """
+    from worldmodels.memory.train import load_mdrnn
+    from worldmodels.utils.training import summary_writer
+    from worldmodels.vision.train import load_vae
+
+    config.validate()
+    dream.validate()
+    out_dir = Path(out_dir)
+    device = pick_device(config.device)
+    mdrnn = load_mdrnn(mdrnn_path, device)
+    vae = load_vae(vae_path, device, z_size=mdrnn.z_size)
+    latents = load_initial_latents(series_path, mdrnn.z_size, mdrnn.action_size)
+    spec = controller_spec(config.mode, mdrnn)
+    fitness = DreamFitness(mdrnn, latents, spec, dream, config.rollouts, config.seed)
+    if resume:
+        check_same_dream(out_dir / DREAM_JSON, dream)
+    elif (out_dir / STATE).exists():  # refused before anything in the folder is rewritten
+        raise ValueError(
+            f"{out_dir / STATE} exists: pass resume (--resume) to continue that run, or choose "
+            "another folder"
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, out_dir / "config.json")
+    save_config(dream, out_dir / DREAM_JSON)
+    write_dream_controller_json(out_dir, spec, vae_path, mdrnn_path, config, dream, series_path)
+    real = RealEvaluation(vae, mdrnn, spec, config, dream.env, device)
+    tb = summary_writer(out_dir / "tb")
+
+    def on_generation(state: ESState, row: dict) -> None:
+        gen = state.generation
+        for key in ("best", "mean", "worst", "std", "sigma"):
+            tb.add_scalar(f"dream/{key}", row[key], gen)
+        tb.add_scalar("dream/steps_per_s", row["env_steps"] / row["seconds"], gen)
+        if row["eval_mean"] != "":
+            tb.add_scalar("real/eval_mean", row["eval_mean"], gen)
+        latest = np.asarray(state.es.mean)
+        save_params(out_dir / LATEST, latest)
+        chosen = state.best_params if dream.select_on_real else None
+        save_params(out_dir / BEST, chosen if chosen is not None else latest)
+        plot_training_curve(state.history, out_dir / "curve.png")
+
+    settings = ESSettings(
+        num_params=spec.num_params,
+        popsize=config.popsize,
+        sigma0=config.sigma0,
+        generations=config.generations,
+        time_budget_s=config.time_budget_s,
+        weight_decay=config.weight_decay,
+        eval_every=config.eval_every,
+        seed=config.seed,
+    )
+    try:
+        state = run_es(
+            settings,
+            fitness,
+            out_dir,
+            evaluate=real,
+            resume=resume,
+            progress=progress,
+            on_generation=on_generation,
+        )
+    finally:
+        real.close()
+        tb.close()
+    return DreamSummary(
+        generations=state.generation,
+        best_eval=state.best_eval,
+        best_candidate=state.best_candidate_fitness,
+        seconds=state.seconds,
+        env_steps=int(sum(row["env_steps"] for row in state.history)),
+        out_dir=out_dir,
+        temperature=dream.temperature,
+        best_dream=max((row["best"] for row in state.history), default=float("nan")),
+    )
+
+
+class RealEvaluation:
+    """The distribution mean in the real game: ``eval_episodes`` full episodes, fixed seeds.
+
+    The environments (worker processes) start at the first evaluation and stay until close.
+    """
+
+    def __init__(self, vae, mdrnn, spec, config: ControllerConfig, env: str, device):
+        self.vae, self.mdrnn, self.spec, self.config = vae, mdrnn, spec, config
+        self.env_name, self.device = env, device
+        self.engine = None
+
+    def __call__(self, params: np.ndarray) -> np.ndarray:
+        from worldmodels.controller.rollout import RolloutEngine
+
+        if self.engine is None:
+            policy, env = real_policy_and_env(
+                self.vae, self.mdrnn, self.spec, self.config, self.env_name, self.device
+            )
+            self.engine = RolloutEngine(policy, env)
+        jobs = [(0, self.config.eval_seed + i) for i in range(self.config.eval_episodes)]
+        return self.engine.run(params[None], jobs).returns
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
+            self.engine = None
+
+
+def real_policy_and_env(vae, mdrnn, spec, config: ControllerConfig, env: str, device):
+    """V + M + C for the real game, and a batch of its environments."""
+    from worldmodels.controller.policy import WorldModelPolicy
+    from worldmodels.envs.carracing import make_vec_env
+
+    vec = make_vec_env(
+        env,
+        backend=config.backend,
+        num_envs=min(config.num_envs, config.eval_episodes),
+        max_steps=config.max_steps,
+        seed=config.eval_seed,
+        workers=config.workers,
+        quiet=True,
+    )
+    policy = WorldModelPolicy(
+        vae, mdrnn, spec, device, z_mode=config.z_mode, preprocess=vec.preprocess
+    )
+    return policy, vec
+
+
+def write_dream_controller_json(
+    out_dir: Path,
+    spec: ControllerSpec,
+    vae_path,
+    mdrnn_path,
+    config: ControllerConfig,
+    dream: DreamConfig,
+    series_path,
+) -> None:
+    """``train-controller``'s controller.json plus the real env and how C was trained."""
+    write_controller_json(out_dir, spec, vae_path, mdrnn_path, config)
+    info = read_json(out_dir / CONTROLLER_JSON, "controller description")
+    info.update(
+        env=dream.env,
+        trained_in="dream",
+        dream=to_dict(dream),
+        series=str(Path(series_path).resolve()),
+    )
+    atomic_write_json(out_dir / CONTROLLER_JSON, info)

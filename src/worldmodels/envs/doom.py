@@ -1,0 +1,230 @@
+"""Doom TakeCover (ViZDoom's ``VizdoomTakeCover-v1``) as a batch, with VecCarRacing's contract.
+
+The agent stands at the far end of a room while monsters throw fireballs; it can only move
+left or right. The reward is +1 per tic survived (so a return is the survival time in steps);
+an episode ends at death or, as in the paper, after ``max_steps`` = 2,100 steps (truncated).
+
+Same contract as :class:`~worldmodels.envs.carracing.VecCarRacing`: ``reset(mask, seeds)``
+returns every slot's frame, ``step(actions, active)`` returns a :class:`StepResult`, and no
+slot ever resets itself. Environments live in forked worker processes (one per core by
+default); a worker that raises or dies stops the caller with its traceback.
+
+Actions: C's single tanh output per slot, ``(N,)`` or ``(N, k)`` (column 0 is read: the
+rollout engine's action buffer is three wide), mapped the paper's way: ``< -1/3`` left,
+``> 1/3`` right, otherwise stay. Frames: the raw ``(240, 320, 3)`` screen (ViZDoom's
+scenario default; the paper rendered 480x640); :func:`preprocess_doom_frames` keeps the top
+5/6 of the rows (the paper's rows 0:400 of 480) and resizes to 64x64.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+
+import numpy as np
+
+from worldmodels.controller.model import doom_direction
+from worldmodels.envs.carracing import StepResult
+from worldmodels.envs.preprocess import preprocess_frames
+
+ENV_ID = "VizdoomTakeCover-v1"
+OBS_SHAPE = (240, 320, 3)
+DEFAULT_MAX_STEPS = 2100  # the paper's episode limit
+CROP_FRACTION = 400 / 480  # the paper kept rows 0:400 of its 480-row frames
+INSTALL = 'pip install -e ".[doom]"'
+
+
+class VizdoomMissingError(ValueError):
+    """vizdoom is not installed (a ValueError: the CLI prints it as one line, exit 2)."""
+
+
+def vizdoom_available() -> bool:
+    return importlib.util.find_spec("vizdoom") is not None
+
+
+def require_vizdoom() -> None:
+    if not vizdoom_available():
+        raise VizdoomMissingError(
+            f"Doom TakeCover needs the vizdoom package, which is not installed: {INSTALL} "
+            "(or `pip install vizdoom`; it ships the engine and the Freedoom data)"
+        )
+
+
+def preprocess_doom_frames(frames: np.ndarray) -> np.ndarray:
+    """Top 5/6 of the rows (the paper's 0:400 of 480), resized to uint8 (B, 64, 64, 3)."""
+    frames = np.asarray(frames)
+    rows = frames.shape[-3] if frames.ndim >= 3 else 0
+    return preprocess_frames(frames, crop_rows=round(rows * CROP_FRACTION))
+
+
+def _make_env(max_steps: int):
+    import gymnasium as gym
+    import vizdoom.gymnasium_wrapper  # noqa: F401  (registers the Vizdoom* ids)
+
+    return gym.make(ENV_ID, max_episode_steps=max_steps)
+
+
+def _button_indices(env) -> np.ndarray:
+    """Discrete indices of (stay, left, right) in the wrapper's button map (order: left, right)."""
+    table = [tuple(int(b) for b in combo) for combo in env.unwrapped.button_map]
+    return np.array([table.index(c) for c in ((0, 0), (1, 0), (0, 1))], np.int64)
+
+
+def _play(env, buttons, cmd: str, arg):
+    if cmd == "reset":
+        return env.reset(seed=arg)[0]["screen"]
+    obs, reward, terminated, truncated, _ = env.step(int(buttons[arg + 1]))
+    return obs["screen"], float(reward), bool(terminated), bool(truncated)
+
+
+def _worker(conn, num_envs: int, max_steps: int) -> None:
+    """Owns ``num_envs`` Doom games in a subprocess; answers reset/step for any subset."""
+    import traceback
+
+    try:
+        envs = [_make_env(max_steps) for _ in range(num_envs)]
+        buttons = _button_indices(envs[0])
+        while True:
+            cmd, data = conn.recv()
+            if cmd == "close":
+                for e in envs:
+                    e.close()
+                conn.send(("ok", None))
+                return
+            conn.send(("ok", [_play(envs[i], buttons, cmd, x) for i, x in data]))
+    except (KeyboardInterrupt, EOFError):
+        return
+    except Exception:
+        conn.send(("error", traceback.format_exc()))
+
+
+class VecDoom:
+    """``num_envs`` Doom TakeCover games stepped as one batch (ViZDoom's gymnasium wrapper).
+
+    Environment i lives in worker ``i % workers``; ``workers=0`` runs them in this process.
+    Episode seeds are honoured: the same seed and actions replay the same episode.
+    """
+
+    backend = "gymnasium"  # ViZDoom's gymnasium wrapper: per-episode seeds are honoured
+    env = "doom"
+
+    def __init__(
+        self, num_envs: int = 1, max_steps: int = DEFAULT_MAX_STEPS, workers: int | None = None
+    ):
+        require_vizdoom()
+        if num_envs < 1:
+            raise ValueError(f"num_envs must be positive, got {num_envs}")
+        if max_steps < 1:
+            raise ValueError(f"max_steps must be positive, got {max_steps}")
+        import multiprocessing as mp
+        import os
+
+        self.num_envs = num_envs
+        self.max_steps = max_steps
+        self._obs = np.zeros((num_envs, *OBS_SHAPE), dtype=np.uint8)
+        if workers is None:
+            workers = 0 if num_envs == 1 else min(num_envs, os.cpu_count() or 1)
+        self.workers = workers
+        self._local = [_make_env(max_steps) for _ in range(num_envs)] if workers == 0 else []
+        self._buttons = _button_indices(self._local[0]) if self._local else None
+        self._conns, self._procs = [], []
+        ctx = mp.get_context("fork" if sys.platform == "linux" else "spawn")
+        for w in range(workers):
+            parent, child = ctx.Pipe()
+            n = len(range(w, num_envs, workers))
+            proc = ctx.Process(target=_worker, args=(child, n, max_steps), daemon=True)
+            proc.start()
+            child.close()
+            self._conns.append(parent)
+            self._procs.append(proc)
+
+    @staticmethod
+    def preprocess(frames: np.ndarray) -> np.ndarray:
+        """Raw screens -> the 64x64 frames V sees (see :func:`preprocess_doom_frames`)."""
+        return preprocess_doom_frames(frames)
+
+    # ------------------------------------------------------------- contract
+    def reset(self, mask: np.ndarray | None = None, seeds: list[int | None] | None = None):
+        """Reset the games where ``mask`` is true (all when None); returns every frame."""
+        mask = np.ones(self.num_envs, bool) if mask is None else np.asarray(mask, bool)
+        ids = np.flatnonzero(mask)
+        if ids.size:
+            items = {
+                int(i): None if seeds is None or seeds[i] is None else int(seeds[i]) for i in ids
+            }
+            out = self._run("reset", items)
+            self._obs[ids] = np.stack([out[int(i)] for i in ids])
+        return self._obs.copy()
+
+    def step(self, actions: np.ndarray, active: np.ndarray | None = None) -> StepResult:
+        """Step the ``active`` games with C's outputs ``actions`` (N,) or (N, k), column 0 read."""
+        actions = np.asarray(actions, dtype=np.float32)
+        if actions.ndim not in (1, 2) or actions.shape[0] != self.num_envs:
+            raise ValueError(
+                f"expected actions of shape ({self.num_envs},) or ({self.num_envs}, k), "
+                f"got {actions.shape}"
+            )
+        direction = doom_direction(actions)
+        active = np.ones(self.num_envs, bool) if active is None else np.asarray(active, bool)
+        reward = np.zeros(self.num_envs, np.float32)
+        terminated = np.zeros(self.num_envs, bool)
+        truncated = np.zeros(self.num_envs, bool)
+        ids = np.flatnonzero(active)
+        if ids.size:
+            out = self._run("step", {int(i): int(direction[i]) for i in ids})
+            obs, r, te, tr = zip(*(out[int(i)] for i in ids), strict=True)
+            self._obs[ids] = np.stack(obs)
+            reward[ids], terminated[ids], truncated[ids] = r, te, tr
+        return StepResult(self._obs.copy(), reward, terminated, truncated)
+
+    # -------------------------------------------------------------- workers
+    def _run(self, cmd: str, items: dict[int, object]) -> dict[int, object]:
+        if not self._conns:
+            return {i: _play(self._local[i], self._buttons, cmd, x) for i, x in items.items()}
+        by_worker: dict[int, list[int]] = {}
+        for i in items:
+            by_worker.setdefault(i % self.workers, []).append(i)
+        for w, ids in by_worker.items():
+            try:
+                self._conns[w].send((cmd, [(i // self.workers, items[i]) for i in ids]))
+            except (BrokenPipeError, ConnectionResetError):
+                self._worker_died(w)
+        out = {}
+        for w, ids in by_worker.items():
+            out.update(zip(ids, self._receive(w), strict=True))
+        return out
+
+    def _receive(self, w: int):
+        try:
+            status, payload = self._conns[w].recv()
+        except (EOFError, ConnectionResetError):
+            self._worker_died(w)
+        if status == "error":
+            raise RuntimeError(f"ViZDoom worker {w} failed:\n{payload}")
+        return payload
+
+    def _worker_died(self, w: int):
+        self._procs[w].join(timeout=1)
+        raise RuntimeError(
+            f"ViZDoom worker {w} died (exit code {self._procs[w].exitcode})"
+        ) from None
+
+    def close(self) -> None:
+        for e in self._local:
+            e.close()
+        for conn, proc in zip(self._conns, self._procs, strict=True):
+            try:
+                conn.send(("close", None))
+                conn.recv()
+            except (OSError, EOFError):
+                pass
+            proc.join(timeout=5)
+            if proc.is_alive():
+                proc.kill()
+        self._conns, self._procs, self._local = [], [], []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -1,0 +1,211 @@
+"""Doom TakeCover on real ViZDoom: the batched env, its actions, collection, the controller."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from worldmodels.cli import main
+from worldmodels.config import CollectConfig
+from worldmodels.controller.model import ControllerSpec, controller_actions, doom_direction
+from worldmodels.data.policies import DoomRandomPolicy
+from worldmodels.data.store import EpisodeStore
+from worldmodels.envs.carracing import make_vec_env
+from worldmodels.envs.doom import (
+    VecDoom,
+    VizdoomMissingError,
+    preprocess_doom_frames,
+    require_vizdoom,
+)
+
+pytest.importorskip("vizdoom", reason='Doom tests need vizdoom: pip install -e ".[doom]"')
+
+
+def play(env, actions_fn, seed, limit=2100):
+    """One episode in slot 0; returns (length, return, frames seen)."""
+    obs = env.reset(seeds=[seed])
+    frames, total, n = [obs[0]], 0.0, 0
+    while n < limit:
+        result = env.step(actions_fn(n))
+        n, total = n + 1, total + float(result.reward[0])
+        frames.append(result.obs[0])
+        if result.terminated[0] or result.truncated[0]:
+            break
+    return n, total, frames
+
+
+def test_a_real_takecover_episode():
+    with VecDoom(num_envs=1, max_steps=2100, workers=0) as env:
+        obs = env.reset(seeds=[3])
+        assert obs.shape == (1, 240, 320, 3) and obs.dtype == np.uint8 and obs.std() > 10
+        n, total, _ = play(env, lambda t: np.array([[0.0]]), seed=3)
+        assert 30 < n < 2100 and total == n  # +1 per tic survived; standing still dies
+        again, _, _ = play(env, lambda t: np.array([[0.0]]), seed=3)
+        assert again == n  # the same seed and actions replay the episode
+        # the paper's mapping: < -1/3 left, > 1/3 right, else stay -> different views
+        _, _, left = play(env, lambda t: np.array([[-0.9]]), seed=3, limit=20)
+        _, _, right = play(env, lambda t: np.array([[0.9]]), seed=3, limit=20)
+        _, _, stay = play(env, lambda t: np.array([[0.2]]), seed=3, limit=20)
+        assert np.abs(left[19].astype(int) - right[19]).mean() > 5
+        assert np.abs(stay[19].astype(int) - left[19]).mean() > 1
+
+
+def test_the_step_limit_truncates_and_slots_stay_apart():
+    with make_vec_env("doom", num_envs=3, max_steps=15, workers=2) as env:
+        assert isinstance(env, VecDoom)
+        env.reset(seeds=[0, 1, 2])
+        active = np.array([True, True, False])
+        for _ in range(15):
+            result = env.step(np.zeros((3, 3), np.float32), active)  # the engine's (N, 3) buffer
+        assert result.truncated.tolist() == [True, True, False]
+        assert result.reward.tolist() == [1.0, 1.0, 0.0]
+        with pytest.raises(ValueError, match=r"expected actions of shape \(3,\)"):
+            env.step(np.zeros(2))
+
+
+def test_actions_map_three_ways_and_frames_shrink_to_64():
+    a = np.array([-1.0, -0.34, -0.33, 0.0, 0.33, 0.34, 1.0])
+    assert doom_direction(a).tolist() == [-1, -1, 0, 0, 0, 1, 1]
+    assert doom_direction(a[:, None]).tolist() == doom_direction(a).tolist()
+    frames = np.zeros((2, 240, 320, 3), np.uint8)
+    frames[:, 200:] = 255  # the rows the paper crops away (its 400:480 of 480)
+    small = preprocess_doom_frames(frames)
+    assert small.shape == (2, 64, 64, 3) and small.max() == 0
+
+
+def test_the_doom_controller_is_the_papers():
+    spec = ControllerSpec.doom()
+    assert spec.num_params == 1088 and spec.input_size == 64 + 512 + 512
+    params = torch.randn(5, 1088)
+    x = torch.randn(5, 1088)
+    out = controller_actions(params, x, spec)
+    expected = torch.tanh(torch.einsum("ni,ni->n", x, params))[:, None]  # no bias
+    torch.testing.assert_close(out, expected)
+    with pytest.raises(ValueError, match="one output"):
+        ControllerSpec(z_size=64, hidden_size=512, mode="zch")
+
+
+def test_exploration_holds_each_random_action_1_to_10_frames():
+    policy = DoomRandomPolicy(2)
+    policy.start(0, np.random.default_rng(0))
+    policy.start(1, np.random.default_rng(1))
+    frames = np.zeros((2, 64, 64, 3), np.uint8)
+    acts = np.stack([policy.act(frames, np.array([True, True])) for _ in range(400)])
+    assert acts.shape == (400, 2, 1) and acts.min() >= -1 and acts.max() <= 1
+    for slot in range(2):
+        a = acts[:, slot, 0]
+        changes = np.flatnonzero(np.diff(a) != 0) + 1
+        runs = np.diff(np.concatenate([[0], changes, [len(a)]]))[:-1]
+        assert runs.min() >= 1 and runs.max() <= 10 and len(set(runs)) > 3
+    again = DoomRandomPolicy(2)
+    again.start(0, np.random.default_rng(0))
+    again.start(1, np.random.default_rng(1))
+    repeat = np.stack([again.act(frames, np.array([True, True])) for _ in range(400)])
+    np.testing.assert_array_equal(acts, repeat)  # an episode's actions follow its seed
+
+
+def test_collect_doom_through_the_usual_collector(tmp_path, capsys):
+    out = tmp_path / "episodes"
+    args = ["collect", "--env", "doom", "--out", str(out), "--episodes", "2"]
+    assert main([*args, "--max-steps", "40", "--num-envs", "2", "--no-progress"]) == 0
+    store = EpisodeStore(out)
+    assert len(store) == 2 and store.manifest["identity"]["env_id"] == "VizdoomTakeCover-v1"
+    for ep in store:
+        assert ep["obs"].shape[1:] == (64, 64, 3) and ep["obs"].std() > 5
+        assert ep["actions"].shape == (len(ep), 1)
+        assert (ep["rewards"] == 1).all()
+        assert ep["terminated"][-1] or ep["truncated"][-1]
+    with pytest.raises(ValueError, match="drives CarRacing"):
+        CollectConfig(env="doom", backend="gymnasium", policy="brownian").validate()
+
+
+def test_a_missing_vizdoom_names_the_install_command(monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "vizdoom", None)  # what import sees without the package
+    with pytest.raises(VizdoomMissingError, match=r'pip install -e "\.\[doom\]"'):
+        require_vizdoom()
+    with pytest.raises(VizdoomMissingError, match="vizdoom package, which is not installed"):
+        VecDoom(1)
+    assert main(["collect", "--env", "doom", "--out", str(tmp_path / "x")]) == 2
+    assert 'pip install -e ".[doom]"' in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()  # nothing written
+
+
+@pytest.fixture(scope="module")
+def doom_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pipeline") / "doom"
+    assert main(["pipeline", "--preset", "doom-smoke", "--out", str(out), "--no-progress"]) == 0
+    return out
+
+
+def test_doom_smoke_pipeline_trains_in_the_dream_and_scores_in_the_game(doom_run):
+    import json
+
+    from worldmodels.pipeline import STAGES
+
+    stages = json.loads((doom_run / "stages.json").read_text())
+    assert set(stages) == set(STAGES)
+    assert "in the dream (tau 1.15)" in stages["train-controller"]["summary"]
+    for path in ("controller/best.npy", "controller/dream.json", "controller/log.csv", "eval.json"):
+        assert (doom_run / path).exists(), path
+    series = EpisodeStore(doom_run / "series")
+    assert series.manifest["z_size"] == 64 and series.manifest["action_size"] == 1
+    ev = json.loads((doom_run / "eval.json").read_text())
+    assert ev["env_id"] == "VizdoomTakeCover-v1" and ev["episodes"] == 2
+    assert all(1 <= r <= 100 and r == int(r) for r in ev["returns"])  # survival steps
+    report = (doom_run / "report.md").read_text()
+    assert "VizdoomTakeCover-v1" in report and "dream_vs_real.gif" in report
+    assert (doom_run / "controller" / "dream_vs_real.gif").stat().st_size > 1000
+    assert (doom_run / "controller" / "dream_vs_real.png").exists()
+
+
+def test_a_second_doom_run_skips_finished_stages(doom_run, capsys):
+    from worldmodels.config import preset
+    from worldmodels.pipeline import STAGES, run_pipeline
+
+    run_pipeline(preset("doom-smoke"), doom_run, preset_name="doom-smoke", progress=False)
+    assert capsys.readouterr().out.count("done already") == len(STAGES)
+
+
+def test_a_doom_agent_loads_and_acts_on_raw_screens(doom_run, tmp_path, capsys):
+    import worldmodels
+
+    agent = worldmodels.Agent.load(doom_run, device="cpu")
+    assert agent.env == "doom" and agent.spec.num_params == 64 + 2 * 32  # smoke M: LSTM 32
+    agent.reset(batch_size=2, seeds=[0, 1])
+    screens = np.random.default_rng(0).integers(0, 256, (2, 240, 320, 3), dtype=np.uint8)
+    actions = agent.act(screens)
+    assert actions.shape == (2, 1) and np.abs(actions).max() <= 1
+    args = ["evaluate", str(doom_run), "--episodes", "1", "--max-steps", "30", "--no-progress"]
+    assert main([*args, "--out", str(tmp_path / "e.json")]) == 0
+    assert "over 1 episodes (doom, gymnasium" in capsys.readouterr().out
+    assert main([*args, "--video", str(tmp_path / "v.gif")]) == 2
+    assert "records CarRacing episodes" in capsys.readouterr().err
+
+
+def test_dream_train_and_sweep_commands(doom_run, tmp_path, capsys):
+    models = [
+        "--mdrnn",
+        str(doom_run / "mdrnn" / "mdrnn.pt"),
+        "--series",
+        str(doom_run / "series"),
+        "--vae",
+        str(doom_run / "vae" / "vae.pt"),
+    ]
+    small = ["--popsize", "4", "--rollouts", "2", "--dream-max-steps", "20", "--no-progress"]
+    out = tmp_path / "c"
+    args = ["dream-train", *models, "--out", str(out), *small, "--eval-every", "0"]
+    assert main([*args, "--generations", "1"]) == 0
+    assert main([*args, "--generations", "2", "--resume"]) == 0
+    assert "2 generations in the dream" in capsys.readouterr().out
+    assert main([*args, "--generations", "3"]) == 2  # no --resume: refused, nothing lost
+    assert "pass resume" in capsys.readouterr().err
+    sweep = tmp_path / "sweep"
+    args = ["dream-sweep", *models, "--out", str(sweep), *small, "--generations", "1"]
+    more = ["--temperatures", "0.5", "1.5", "--eval-episodes", "1", "--max-steps", "20"]
+    assert main([*args, *more, "--dream-episodes", "8", "--num-envs", "1"]) == 0
+    table = (sweep / "sweep.md").read_text()
+    assert "| 0.5 |" in table and "| 1.5 |" in table
+    assert (sweep / "tau_0.5" / "best.npy").exists() and (sweep / "tau_1.5" / "log.csv").exists()
