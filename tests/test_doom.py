@@ -110,7 +110,8 @@ def test_exploration_holds_each_random_action_1_to_10_frames():
 def test_collect_doom_through_the_usual_collector(tmp_path, capsys):
     out = tmp_path / "episodes"
     args = ["collect", "--env", "doom", "--out", str(out), "--episodes", "2"]
-    assert main([*args, "--max-steps", "40", "--num-envs", "2", "--no-progress"]) == 0
+    more = ["--max-steps", "40", "--min-length", "0", "--num-envs", "2", "--no-progress"]
+    assert main([*args, *more]) == 0
     store = EpisodeStore(out)
     assert len(store) == 2 and store.manifest["identity"]["env_id"] == "VizdoomTakeCover-v1"
     for ep in store:
@@ -120,6 +121,30 @@ def test_collect_doom_through_the_usual_collector(tmp_path, capsys):
         assert ep["terminated"][-1] or ep["truncated"][-1]
     with pytest.raises(ValueError, match="drives CarRacing"):
         CollectConfig(env="doom", backend="gymnasium", policy="brownian").validate()
+
+
+def test_short_episodes_are_dropped_and_replayed_with_new_seeds(tmp_path):
+    from worldmodels.data.collect import collect, pool_seed
+
+    config = CollectConfig.for_env("doom", episodes=4, max_steps=300, num_envs=2, min_length=150)
+    assert config.policy == "doom_random" and config.backend == "auto"
+    summary = collect(config, str(tmp_path / "a"), progress=False)
+    assert summary.backend == "gymnasium"
+    store = EpisodeStore(tmp_path / "a")
+    assert store.manifest["identity"]["min_length"] == 150
+    metas = [store[i].meta for i in range(4)]
+    assert all(m["length"] >= 150 for m in metas)
+    assert sum(m["dropped_before"] for m in metas) > 0  # random play often dies sooner
+    for i, m in enumerate(metas):
+        tries = m["dropped_before"]
+        assert m["seed"] == (i if tries == 0 else pool_seed(0, i, tries))
+    again = collect(config, str(tmp_path / "b"), progress=False)  # the same tries, the same data
+    assert again.frames_new == summary.frames_new
+    other = EpisodeStore(tmp_path / "b")
+    for i in range(4):
+        np.testing.assert_array_equal(store[i]["actions"], other[i]["actions"])
+    with pytest.raises(ValueError, match="min_length must be in 0..max_steps"):
+        CollectConfig.for_env("doom", max_steps=50).validate()
 
 
 def test_a_missing_vizdoom_names_the_install_command(monkeypatch, tmp_path, capsys):

@@ -56,6 +56,24 @@ def test_a_second_run_skips_finished_stages(smoke_run, capsys):
     assert (smoke_run / "controller" / BEST).read_bytes() == before
 
 
+def test_a_resumed_stage_records_its_time_over_every_run(smoke_run, tmp_path):
+    import csv
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(smoke_run, run)
+    stages_file = run / "stages.json"
+    stages = json.loads(stages_file.read_text())
+    for stage in ("train-controller", "evaluate", "report"):
+        del stages[stage]  # as if the run had been killed in CMA-ES after its last generation
+    stages_file.write_text(json.dumps(stages))
+    with open(run / "controller" / "log.csv") as f:
+        es_seconds = sum(float(row["seconds"]) for row in csv.DictReader(f))
+    run_pipeline(preset("smoke"), run, preset_name="smoke", progress=False)
+    again = json.loads(stages_file.read_text())["train-controller"]
+    assert again["seconds"] >= es_seconds > 0 and not again["time_partial"]
+
+
 def test_agent_loads_a_run_and_acts_on_raw_frames(smoke_run):
     agent = worldmodels.Agent.load(smoke_run, device="cpu")
     assert agent.spec.num_params == 867

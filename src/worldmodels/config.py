@@ -27,6 +27,16 @@ class CollectConfig:
     num_envs: int = 8  # environments stepped as one batch
     workers: int | None = None  # gymnasium subprocesses (default: one per core)
     seed: int = 0
+    # episodes shorter than this are dropped and replayed with a new seed (the paper drops
+    # Doom episodes of <= 100 frames); 0 keeps every episode
+    min_length: int = 0
+
+    @classmethod
+    def for_env(cls, env: str, **overrides) -> CollectConfig:
+        """The defaults of ``env`` (Doom: the paper's 2,100 steps, random held actions,
+        episodes of <= 100 frames dropped), then ``overrides`` (None values ignored)."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return cls(**{"env": env, **ENV_COLLECT_DEFAULTS.get(env, {}), **given})
 
     def validate(self) -> None:
         for name in ("episodes", "max_steps", "num_envs"):
@@ -34,21 +44,27 @@ class CollectConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.workers is not None and self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
+        if not 0 <= self.min_length <= self.max_steps:
+            raise ValueError(
+                f"min_length must be in 0..max_steps ({self.max_steps}), got {self.min_length}"
+            )
         if self.env == "doom":
             from worldmodels.envs.doom import require_vizdoom
 
             require_vizdoom()  # before anything is written
-            if self.backend != "gymnasium":
-                raise ValueError(
-                    f"env 'doom' runs on ViZDoom's gymnasium wrapper: backend must be "
-                    f"'gymnasium', got {self.backend!r}"
-                )
+            if self.backend == "envpool":
+                raise ValueError("env 'doom' runs on ViZDoom's gymnasium wrapper, not on envpool")
             if not self.policy.startswith("doom"):
                 raise ValueError(
                     f"policy {self.policy!r} drives CarRacing; Doom collects with 'doom_random'"
                 )
         elif self.policy.startswith("doom"):
             raise ValueError(f"policy {self.policy!r} is for env 'doom', not {self.env!r}")
+
+
+ENV_COLLECT_DEFAULTS = {
+    "doom": {"max_steps": 2100, "policy": "doom_random", "min_length": 101},
+}
 
 
 @dataclass
@@ -297,6 +313,7 @@ PRESETS: dict[str, PipelineConfig] = {
             max_steps=2100,
             policy="doom_random",
             num_envs=16,
+            min_length=101,
         ),
         vae=VAEConfig(z_size=64, epochs=10),
         mdrnn=MDNRNNConfig(
@@ -333,6 +350,7 @@ PRESETS: dict[str, PipelineConfig] = {
             max_steps=200,
             policy="doom_random",
             num_envs=2,
+            min_length=101,
         ),
         vae=VAEConfig(z_size=64, max_steps=20, batch_size=32, checkpoint_every=10, log_every=5),
         mdrnn=MDNRNNConfig(

@@ -105,40 +105,52 @@ def run_pipeline(
             continue
         log(f"[{stage}] starting")
         start = time.perf_counter()
-        summary = _STAGE_FUNCTIONS[stage](config, paths, progress, cluster)
-        seconds = time.perf_counter() - start
-        done[stage] = {"seconds": seconds, "summary": summary}
+        result = _STAGE_FUNCTIONS[stage](config, paths, progress, cluster)
+        seconds = max(time.perf_counter() - start, result.seconds or 0.0)
+        partial = result.resumed and result.seconds is None  # earlier runs' time not known
+        done[stage] = {"seconds": seconds, "summary": result.line, "time_partial": partial}
         atomic_write_json(stages_file, done)
-        log(f"[{stage}] {summary} ({seconds:.0f} s)")
+        log(f"[{stage}] {result.line} ({seconds:.0f} s)")
     return paths
 
 
-def _collect(config: PipelineConfig, paths: RunPaths, progress: bool, cluster) -> str:
+@dataclass
+class StageResult:
+    """A stage's one-line summary; ``seconds``: its own time summed over every resumed run,
+    where the stage keeps that (CMA-ES does); ``resumed``: it went on from a checkpoint, so
+    without ``seconds`` the recorded time is the last run's only."""
+
+    line: str
+    seconds: float | None = None
+    resumed: bool = False
+
+
+def _collect(config: PipelineConfig, paths: RunPaths, progress: bool, cluster) -> StageResult:
     from worldmodels.data.collect import collect
 
-    return collect(config.collect, str(paths.episodes), progress, cluster).line()
+    return StageResult(collect(config.collect, str(paths.episodes), progress, cluster).line())
 
 
-def _train_vae(config: PipelineConfig, paths: RunPaths, progress: bool, cluster) -> str:
+def _train_vae(config: PipelineConfig, paths: RunPaths, progress: bool, cluster) -> StageResult:
     from worldmodels.vision.train import train_vae
 
     resume = (paths.vae_dir / "latest.pt").exists()
-    return train_vae(
-        paths.episodes, paths.vae_dir, config.vae, resume=resume, progress=progress
-    ).line()
+    summary = train_vae(paths.episodes, paths.vae_dir, config.vae, resume=resume, progress=progress)
+    return StageResult(summary.line(), resumed=resume)
 
 
-def _encode(config: PipelineConfig, paths: RunPaths, progress: bool, cluster) -> str:
+def _encode(config: PipelineConfig, paths: RunPaths, progress: bool, cluster) -> StageResult:
     from worldmodels.vision.encode import encode_store
 
-    return encode_store(paths.episodes, paths.vae, paths.series, progress=progress).line()
+    summary = encode_store(paths.episodes, paths.vae, paths.series, progress=progress)
+    return StageResult(summary.line())
 
 
-def _train_mdrnn(config: PipelineConfig, paths: RunPaths, progress: bool, cluster) -> str:
+def _train_mdrnn(config: PipelineConfig, paths: RunPaths, progress: bool, cluster) -> StageResult:
     from worldmodels.memory.train import train_mdrnn
 
     resume = (paths.mdrnn_dir / "latest.pt").exists()
-    return train_mdrnn(
+    summary = train_mdrnn(
         paths.series,
         paths.mdrnn_dir,
         config.mdrnn,
@@ -146,10 +158,13 @@ def _train_mdrnn(config: PipelineConfig, paths: RunPaths, progress: bool, cluste
         progress=progress,
         vae_path=paths.vae,
         episodes_path=paths.episodes,
-    ).line()
+    )
+    return StageResult(summary.line(), resumed=resume)
 
 
-def _train_controller(config: PipelineConfig, paths: RunPaths, progress: bool, cluster) -> str:
+def _train_controller(
+    config: PipelineConfig, paths: RunPaths, progress: bool, cluster
+) -> StageResult:
     from worldmodels.controller.train import train_controller
     from worldmodels.evolution.cmaes import STATE
 
@@ -176,8 +191,9 @@ def _train_controller(config: PipelineConfig, paths: RunPaths, progress: bool, c
             max_steps=min(config.dream.max_steps, 300),
         )
         steps = f"real {gif.real_steps}, dream {gif.dream_steps} steps"
-        return f"{summary.line()}; {gif.path.name} ({steps})"
-    return train_controller(
+        line = f"{summary.line()}; {gif.path.name} ({steps})"
+        return StageResult(line, summary.seconds, resume)
+    summary = train_controller(
         paths.vae,
         paths.mdrnn,
         paths.controller,
@@ -185,10 +201,11 @@ def _train_controller(config: PipelineConfig, paths: RunPaths, progress: bool, c
         resume=resume,
         progress=progress,
         cluster=cluster,
-    ).line()
+    )
+    return StageResult(summary.line(), summary.seconds, resume)
 
 
-def _evaluate(config: PipelineConfig, paths: RunPaths, progress: bool, cluster) -> str:
+def _evaluate(config: PipelineConfig, paths: RunPaths, progress: bool, cluster) -> StageResult:
     from worldmodels.agent import Agent
     from worldmodels.controller.evaluate import evaluate_agent, save_eval
 
@@ -203,14 +220,14 @@ def _evaluate(config: PipelineConfig, paths: RunPaths, progress: bool, cluster) 
         progress=progress,
     )
     save_eval(result, paths.eval, paths.root)
-    return result.line()
+    return StageResult(result.line())
 
 
-def _report(config: PipelineConfig, paths: RunPaths, progress: bool, cluster) -> str:
+def _report(config: PipelineConfig, paths: RunPaths, progress: bool, cluster) -> StageResult:
     from worldmodels.report import write_report
 
     write_report(paths)
-    return f"report written to {paths.report}"
+    return StageResult(f"report written to {paths.report}")
 
 
 _STAGE_FUNCTIONS = {

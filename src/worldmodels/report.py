@@ -37,7 +37,8 @@ def write_report(paths) -> Path:
         total = sum(s["seconds"] for s in stages.values())
         lines += ["## Stages", "", "| stage | wall time | summary |", "|---|---|---|"]
         lines += [
-            f"| {name} | {stages[name]['seconds'] / 60:.1f} min | {stages[name]['summary']} |"
+            f"| {name} | {'>= ' if stages[name].get('time_partial') else ''}"
+            f"{stages[name]['seconds'] / 60:.1f} min | {stages[name]['summary']} |"
             for name in STAGES
             if name in stages
         ]

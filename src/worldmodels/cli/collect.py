@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from worldmodels.cli import add_ray_arguments, positive_int, ray_settings
 from worldmodels.config import CollectConfig
-from worldmodels.data.policies import ENV_POLICIES, POLICIES
+from worldmodels.data.policies import POLICIES
 from worldmodels.envs.carracing import BACKENDS, ENV_IDS
 
 NAME = "collect"
@@ -18,7 +18,7 @@ def add_arguments(p) -> None:
     p.add_argument(
         "--backend",
         default=d.backend,
-        help=f"{' | '.join(BACKENDS)} (default auto; doom always runs on gymnasium/ViZDoom)",
+        help=f"{' | '.join(BACKENDS)} (default auto; doom runs on ViZDoom's gymnasium wrapper)",
     )
     p.add_argument("--episodes", type=positive_int, default=d.episodes, help="episodes in total")
     p.add_argument(
@@ -40,6 +40,13 @@ def add_arguments(p) -> None:
         help="gymnasium subprocesses (default one per core; 0 = in process)",
     )
     p.add_argument("--seed", type=int, default=d.seed, help="episode i uses seed + i")
+    p.add_argument(
+        "--min-length",
+        type=int,
+        default=None,
+        help="drop episodes shorter than this and replay them with a new seed "
+        "(default 0 = keep all; doom: 101, the paper's)",
+    )
     add_ray_arguments(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -47,18 +54,16 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     from worldmodels.data.collect import collect
 
-    d = CollectConfig()
-    doom = args.env == "doom"
-    default_policy = ENV_POLICIES.get(args.env, (CollectConfig().policy,))[0]
-    config = CollectConfig(
-        env=args.env,
-        backend="gymnasium" if doom and args.backend == "auto" else args.backend,
+    config = CollectConfig.for_env(
+        args.env,
+        backend=args.backend,
         episodes=args.episodes,
-        max_steps=args.max_steps or (2100 if doom else d.max_steps),
-        policy=args.policy or default_policy,
+        max_steps=args.max_steps,
+        policy=args.policy,
         num_envs=args.num_envs,
         workers=args.workers,
         seed=args.seed,
+        min_length=args.min_length,
     )
     summary = collect(config, args.out, not args.no_progress, ray_settings(args))
     print(summary.line())

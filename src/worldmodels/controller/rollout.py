@@ -86,7 +86,7 @@ class RolloutEngine:
             active = job_of >= 0
             ids = np.flatnonzero(active)
             candidates = np.array([jobs[j][0] for j in job_of[ids]])
-            actions = np.zeros((n, 3), np.float32)
+            actions = np.zeros((n, self.policy.spec.action_size), np.float32)
             actions[ids], _ = self.policy.act(obs[ids], ids, params_t[candidates])
             result = self.env.step(actions, active)
             env_steps += ids.size

@@ -196,7 +196,9 @@ def write_controller_json(
     )
 
 
-def plot_training_curve(history: list[dict], path: Path) -> None:
+def plot_training_curve(
+    history: list[dict], path: Path, title: str = "CMA-ES on CarRacing"
+) -> None:
     """Best, mean and worst fitness per generation, and the mean-eval points, like the paper."""
     import matplotlib
 
@@ -216,7 +218,7 @@ def plot_training_curve(history: list[dict], path: Path) -> None:
         ax.errorbar(g, m, yerr=s, fmt="o", color="black", ms=3, capsize=2, label="mean-eval")
     ax.set_xlabel("generation")
     ax.set_ylabel("return")
-    ax.set_title("CMA-ES on CarRacing")
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     fig.tight_layout()

@@ -3,7 +3,9 @@
 Every environment slot runs episodes back to back: when its episode ends, the slot is written
 out and immediately starts the next missing episode, so no slot waits for the slowest one.
 Episode ``i`` is seeded ``seed + i`` (gymnasium) and its policy draws from a generator seeded
-by ``(seed, i)``; a killed run started again collects only the episodes still missing.
+by ``(seed, i)``; a killed run started again collects only the episodes still missing. With
+``min_length`` (Doom: the paper drops episodes of <= 100 frames), an episode that ends sooner
+is not written and its index is played again with a seed drawn from ``(seed, i, try)``.
 """
 
 from __future__ import annotations
@@ -41,11 +43,21 @@ class CollectSummary:
         )
 
 
-class _Slot:
-    """The steps of the episode running in one environment slot."""
+MAX_ATTEMPTS = 100  # tries of one episode index at reaching min_length before giving up
 
-    def __init__(self, index: int):
-        self.index = index
+
+class _Slot:
+    """The steps of the episode running in one environment slot.
+
+    ``attempt`` counts the tries of this episode index that ended shorter than
+    ``min_length`` and were dropped: try 0 plays seed ``seed + index`` as always, a later try
+    a seed drawn from ``(seed, index, attempt)``, so a resumed run replays the same tries.
+    """
+
+    def __init__(self, index: int, attempt: int, config: CollectConfig):
+        self.index, self.attempt = index, attempt
+        self.seed = config.seed + index if attempt == 0 else pool_seed(config.seed, index, attempt)
+        self.rng = np.random.default_rng([config.seed, index, *([attempt] if attempt else [])])
         self.obs, self.actions, self.rewards, self.terminated, self.truncated = [], [], [], [], []
 
     def arrays(self) -> dict[str, np.ndarray]:
@@ -67,6 +79,7 @@ def store_identity(config: CollectConfig, backend: str) -> dict:
         "max_steps": config.max_steps,
         "seed": config.seed,
         "frame_shape": [64, 64, 3],
+        **({"min_length": config.min_length} if config.min_length else {}),
     }
 
 
@@ -84,7 +97,7 @@ def collect(config: CollectConfig, out: str, progress: bool = True, cluster=None
     config.validate()
     env_id_for(config.env)
     make_policy(config.policy, 1)  # unknown names fail before anything is written
-    backend = resolve_backend(config.backend)
+    backend = resolve_backend(config.backend, env=config.env)
     writer = open_store_for(config, out, backend)
     done = writer.existing_indices()
     todo = [i for i in range(config.episodes) if i not in done]
@@ -136,21 +149,24 @@ def _run(config, writer, backend, todo, env_seed, progress) -> int:
         quiet=True,
     )
     policy = make_policy(config.policy, num_envs)
-    queue = list(todo)
+    queue = [(index, 0) for index in todo]
     slots: list[_Slot | None] = [None] * num_envs
+    seeds: list[int | None] = [None] * num_envs
+    starting = np.zeros(num_envs, bool)
     frames = 0
     bar = tqdm(total=len(todo), desc="collect", unit="ep", disable=not progress)
     start = time.perf_counter()
+
+    def start_next(s: int) -> None:
+        slots[s] = slot = _Slot(*queue.pop(0), config) if queue else None
+        if slot is not None:
+            policy.start(s, slot.rng)
+            seeds[s], starting[s] = slot.seed, True
+
     try:
         obs = env.reset(mask=np.zeros(num_envs, bool))
-        starting = np.zeros(num_envs, bool)
-        seeds: list[int | None] = [None] * num_envs
         for s in range(num_envs):
-            index = queue.pop(0)
-            slots[s] = _Slot(index)
-            policy.start(s, np.random.default_rng([config.seed, index]))
-            seeds[s] = config.seed + index
-            starting[s] = True
+            start_next(s)
         obs = env.reset(mask=starting, seeds=seeds)
         while any(slot is not None for slot in slots):
             active = np.array([slot is not None for slot in slots])
@@ -166,23 +182,31 @@ def _run(config, writer, backend, todo, env_seed, progress) -> int:
                 slot.rewards.append(result.reward[s])
                 slot.terminated.append(result.terminated[s])
                 slot.truncated.append(result.truncated[s])
-                if result.terminated[s] or result.truncated[s]:
+                if not (result.terminated[s] or result.truncated[s]):
+                    continue
+                if len(slot.obs) < config.min_length:
+                    queue.insert(0, (slot.index, retry_attempt(slot, config)))
+                else:
                     _finish(writer, slot, backend, config, env_seed + int(s))
                     frames += len(slot.obs)
                     bar.update(1)
                     bar.set_postfix(fps=f"{frames / (time.perf_counter() - start):.0f}")
-                    slots[s] = None
-                    if queue:
-                        index = queue.pop(0)
-                        slots[s] = _Slot(index)
-                        policy.start(s, np.random.default_rng([config.seed, index]))
-                        seeds[s] = config.seed + index
-                        starting[s] = True
+                start_next(s)
             obs = env.reset(mask=starting, seeds=seeds) if starting.any() else result.obs
     finally:
         bar.close()
         env.close()
     return frames
+
+
+def retry_attempt(slot: _Slot, config: CollectConfig) -> int:
+    """The next try of a dropped (too short) episode, or a clear error after too many."""
+    if slot.attempt + 1 >= MAX_ATTEMPTS:
+        raise RuntimeError(
+            f"episode {slot.index}: {MAX_ATTEMPTS} tries all ended before min_length "
+            f"{config.min_length} steps (the last after {len(slot.obs)}); lower --min-length"
+        )
+    return slot.attempt + 1
 
 
 def _finish(writer: StoreWriter, slot: _Slot, backend: str, config: CollectConfig, env_seed: int):
@@ -191,7 +215,8 @@ def _finish(writer: StoreWriter, slot: _Slot, backend: str, config: CollectConfi
         "return": float(arrays["rewards"].sum()),
         "length": len(arrays["rewards"]),
         # gymnasium: the episode's own seed; EnvPool: the seed of the environment it ran in
-        "seed": config.seed + slot.index if backend == "gymnasium" else None,
+        "seed": slot.seed if backend == "gymnasium" else None,
         "env_seed": env_seed if backend == "envpool" else None,
+        "dropped_before": slot.attempt,  # shorter tries of this index dropped (min_length)
     }
     writer.add(slot.index, arrays, meta)

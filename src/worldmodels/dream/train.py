@@ -188,7 +188,8 @@ def train_in_dream(
         save_params(out_dir / LATEST, latest)
         chosen = state.best_params if dream.select_on_real else None
         save_params(out_dir / BEST, chosen if chosen is not None else latest)
-        plot_training_curve(state.history, out_dir / "curve.png")
+        title = f"CMA-ES in M's dream (tau {dream.temperature}); mean-eval in real {dream.env}"
+        plot_training_curve(state.history, out_dir / "curve.png", title)
 
     settings = ESSettings(
         num_params=spec.num_params,

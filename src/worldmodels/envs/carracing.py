@@ -39,10 +39,17 @@ def envpool_available() -> bool:
     return importlib.util.find_spec("envpool") is not None
 
 
-def resolve_backend(name: str, quiet: bool = False) -> str:
-    """Map ``auto`` to ``envpool`` when installed, else ``gymnasium`` (with a one-line notice)."""
+def resolve_backend(name: str, quiet: bool = False, env: str = "carracing") -> str:
+    """Map ``auto`` to ``envpool`` when installed, else ``gymnasium`` (with a one-line notice).
+
+    Doom has one backend, ViZDoom's gymnasium wrapper: ``auto`` means ``gymnasium`` there.
+    """
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    if env == "doom":
+        if name == "envpool":
+            raise ValueError("env 'doom' runs on ViZDoom's gymnasium wrapper, not on envpool")
+        return "gymnasium"
     if name == "envpool" and not envpool_available():
         raise RuntimeError(
             "backend 'envpool' is not installed; `pip install -e .[envpool]` (Linux x86-64 only)"
@@ -319,11 +326,11 @@ def make_vec_env(
     threads (default or 0: EnvPool's choice).
     """
     env_id_for(env)
-    if env == "doom":  # one backend: ViZDoom's gymnasium wrapper
+    backend = resolve_backend(backend, quiet=quiet, env=env)
+    if env == "doom":
         from worldmodels.envs.doom import VecDoom
 
         return VecDoom(num_envs, max_steps, workers=workers)
-    backend = resolve_backend(backend, quiet=quiet)
     if backend == "envpool":
         return EnvPoolCarRacing(num_envs, max_steps, seed=seed, num_threads=workers or 0)
     return GymnasiumCarRacing(num_envs, max_steps, workers=workers)
