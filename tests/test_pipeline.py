@@ -9,7 +9,7 @@ import pytest
 
 import worldmodels
 from worldmodels.cli import main
-from worldmodels.config import preset
+from worldmodels.config import PRESETS, PipelineConfig, from_dict, preset, to_dict
 from worldmodels.controller.train import BEST
 from worldmodels.pipeline import STAGES, run_pipeline
 
@@ -19,6 +19,17 @@ def smoke_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("pipeline") / "smoke"
     assert main(["pipeline", "--preset", "smoke", "--out", str(out), "--no-progress"]) == 0
     return out
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_is_valid_and_survives_its_config_file(name):
+    config = PRESETS[name]
+    for part in (config.collect, config.vae, config.mdrnn, config.controller, config.evaluate):
+        part.validate()
+    if config.dream is not None:
+        config.dream.validate()
+        assert config.mdrnn.done_head, "a dream needs M's done head"
+    assert from_dict(PipelineConfig, json.loads(json.dumps(to_dict(config)))) == config
 
 
 def test_every_stage_ran_and_left_its_outputs(smoke_run):
