@@ -174,6 +174,19 @@ def test_short_episodes_are_an_error_or_padded(tmp_path):
     assert np.isfinite(summary.train_nll) and summary.val_nll is None
 
 
+def test_every_step_is_about_equally_likely_to_be_trained_on(tmp_path):
+    """Padded short episodes (most of Doom's) get as many draws per step as long ones."""
+    lengths = [6, 8, 40, 100]
+    path = write_series(tmp_path / "s", [marked_episode(e, n) for e, n in enumerate(lengths)])
+    sampler = WindowSampler(open_series(path), 10, 4000, terminal=True, pad_short=True)
+    b = sampler.batch(0)
+    steps = np.zeros(len(lengths))
+    valid = np.ones(b.actions.shape[:2], bool) if b.step_mask is None else b.step_mask.numpy()
+    np.add.at(steps, b.episodes, valid.sum(axis=1))
+    share = steps / steps.sum()
+    np.testing.assert_allclose(share, np.array(lengths) / sum(lengths), rtol=0.12)
+
+
 # --------------------------------------------------------------- training
 def test_tiny_training_run_learns_clips_and_saves(series, tmp_path, monkeypatch):
     pre, post = [], []

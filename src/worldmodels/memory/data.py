@@ -148,17 +148,24 @@ class SeriesWindows:
         # Start s is valid while s + seq_len <= N - 1 (N - seq_len of them), one more
         # (s = N - seq_len) for the terminal window; a padded short episode has one.
         self.num_starts = np.maximum(lengths - seq_len + int(terminal), 1)
-        self.cum_starts = np.concatenate([[0], np.cumsum(self.num_starts)])
-
-    @property
-    def num_windows(self) -> int:
-        return int(self.cum_starts[-1])
+        # A window spans min(length, seq_len + 1) steps of its episode: drawing episodes in
+        # proportion to length / span makes the steps drawn from each one proportional to
+        # its length, so every step of the data is about equally likely to be trained on,
+        # as in the paper's single stream of episodes.
+        spans = np.minimum(lengths, seq_len + 1)
+        self.episode_weights = (lengths / spans) / (lengths / spans).sum()
 
     def sample_positions(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """``n`` (store position, start) pairs, uniform over all valid windows."""
-        flat = rng.integers(self.num_windows, size=n)
-        which = np.searchsorted(self.cum_starts, flat, side="right") - 1
-        return self.episodes[which], flat - self.cum_starts[which]
+        """``n`` (store position, start) pairs: an episode (weighted as above), then a start
+        uniformly within it.
+
+        Drawing uniformly over all windows instead would favour each step of a long episode
+        ~``seq_len`` times over one of a padded short episode (which has a single window):
+        on Doom, where most episodes are shorter than a window, M would hardly ever see a
+        death and its done head would never fire.
+        """
+        which = rng.choice(len(self.episodes), size=n, p=self.episode_weights)
+        return self.episodes[which], rng.integers(self.num_starts[which])
 
     def tiling_positions(self) -> tuple[np.ndarray, np.ndarray]:
         """Windows covering every step of every episode (starts 0, L, 2L, ... and the last)."""
