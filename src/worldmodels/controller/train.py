@@ -220,7 +220,7 @@ def plot_training_curve(
     ax.set_ylabel("return")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
+    ax.legend(loc="best")  # the mean-eval points can sit anywhere
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
