@@ -65,8 +65,8 @@ def test_inactive_slots_are_left_alone():
 def test_a_failing_worker_raises_instead_of_hanging():
     with make_vec_env(backend="gymnasium", num_envs=2, max_steps=50, workers=2) as env:
         env.reset(seeds=[0, 1])
-        env._procs[1].kill()
-        env._procs[1].join()
+        env._pool.procs[1].kill()
+        env._pool.procs[1].join()
         with pytest.raises(RuntimeError, match="worker 1 died"):
             env.step(np.tile(STRAIGHT, (2, 1)))
 

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from worldmodels.envs.workers import EnvWorkers
+
 ENV_IDS = {"carracing": "CarRacing-v3", "doom": "VizdoomTakeCover-v1"}  # doom: envs/doom.py
 BACKENDS = ("auto", "gymnasium", "envpool")
 OBS_SHAPE = (96, 96, 3)
@@ -138,27 +140,10 @@ class VecCarRacing:
         self.close()
 
 
-def _gym_worker(conn, num_envs: int, max_steps: int) -> None:
-    """Owns ``num_envs`` gymnasium envs in a subprocess; answers reset/step for any subset."""
-    import traceback
-
-    try:
-        envs = [_make_gym_env(max_steps) for _ in range(num_envs)]
-        while True:
-            cmd, data = conn.recv()
-            if cmd == "reset":
-                conn.send(("ok", [envs[i].reset(seed=seed)[0] for i, seed in data]))
-            elif cmd == "step":
-                conn.send(("ok", [envs[i].step(a)[:4] for i, a in data]))
-            elif cmd == "close":
-                for e in envs:
-                    e.close()
-                conn.send(("ok", None))
-                return
-    except (KeyboardInterrupt, EOFError):
-        return
-    except Exception:
-        conn.send(("error", traceback.format_exc()))
+def _play_gym(env, cmd: str, arg):
+    if cmd == "reset":
+        return env.reset(seed=arg)[0]
+    return env.step(arg)[:4]
 
 
 def _make_gym_env(max_steps: int):
@@ -180,86 +165,23 @@ class GymnasiumCarRacing(VecCarRacing):
         self, num_envs: int = 1, max_steps: int = DEFAULT_MAX_STEPS, workers: int | None = None
     ):
         super().__init__(num_envs, max_steps)
-        import multiprocessing as mp
-        import os
-
-        if workers is None:
-            workers = 0 if num_envs == 1 else min(num_envs, os.cpu_count() or 1)
-        self.workers = workers
-        self._local = [_make_gym_env(max_steps) for _ in range(num_envs)] if workers == 0 else []
-        self._conns, self._procs = [], []
-        # fork starts workers in milliseconds and needs no __main__ guard in users' scripts;
-        # the workers run only gymnasium and numpy, never torch's thread pools.
-        ctx = mp.get_context("fork" if sys.platform == "linux" else "spawn")
-        for w in range(workers):
-            parent, child = ctx.Pipe()
-            n = len(range(w, num_envs, workers))
-            proc = ctx.Process(target=_gym_worker, args=(child, n, max_steps), daemon=True)
-            proc.start()
-            child.close()
-            self._conns.append(parent)
-            self._procs.append(proc)
-
-    def _run(self, cmd: str, items: dict[int, object]) -> dict[int, object]:
-        """Send ``cmd`` for each env id in ``items``, grouped by worker; gather the answers."""
-        if not self._conns:
-            call = {
-                "reset": lambda e, seed: e.reset(seed=seed)[0],
-                "step": lambda e, a: e.step(a)[:4],
-            }
-            return {i: call[cmd](self._local[i], x) for i, x in items.items()}
-        by_worker: dict[int, list[int]] = {}
-        for i in items:
-            by_worker.setdefault(i % self.workers, []).append(i)
-        for w, ids in by_worker.items():
-            try:
-                self._conns[w].send((cmd, [(i // self.workers, items[i]) for i in ids]))
-            except (BrokenPipeError, ConnectionResetError):
-                self._worker_died(w)
-        out = {}
-        for w, ids in by_worker.items():
-            out.update(zip(ids, self._receive(w), strict=True))
-        return out
-
-    def _receive(self, w: int):
-        try:
-            status, payload = self._conns[w].recv()
-        except (EOFError, ConnectionResetError):
-            self._worker_died(w)
-        if status == "error":
-            raise RuntimeError(f"gymnasium worker {w} failed:\n{payload}")
-        return payload
-
-    def _worker_died(self, w: int):
-        self._procs[w].join(timeout=1)
-        code = self._procs[w].exitcode
-        raise RuntimeError(f"gymnasium worker {w} died (exit code {code})") from None
+        self._pool = EnvWorkers("gymnasium", _make_gym_env, _play_gym, num_envs, max_steps, workers)
+        self.workers = self._pool.workers
 
     def _reset_ids(self, ids, seeds):
         items = {
             int(i): (None if seeds is None or seeds[i] is None else int(seeds[i])) for i in ids
         }
-        out = self._run("reset", items)
+        out = self._pool.run("reset", items)
         return np.stack([out[int(i)] for i in ids])
 
     def _step_ids(self, ids, actions):
-        out = self._run("step", {int(i): actions[i] for i in ids})
+        out = self._pool.run("step", {int(i): actions[i] for i in ids})
         obs, r, te, tr = zip(*(out[int(i)] for i in ids), strict=True)
         return np.stack(obs), np.asarray(r, np.float32), np.asarray(te, bool), np.asarray(tr, bool)
 
     def close(self):
-        for e in self._local:
-            e.close()
-        for conn, proc in zip(self._conns, self._procs, strict=True):
-            try:
-                conn.send(("close", None))
-                conn.recv()
-            except (OSError, EOFError):
-                pass
-            proc.join(timeout=5)
-            if proc.is_alive():
-                proc.kill()
-        self._conns, self._procs, self._local = [], [], []
+        self._pool.close()
 
 
 class EnvPoolCarRacing(VecCarRacing):

@@ -19,13 +19,13 @@ scenario default; the paper rendered 480x640); :func:`preprocess_doom_frames` ke
 from __future__ import annotations
 
 import importlib.util
-import sys
 
 import numpy as np
 
 from worldmodels.controller.model import doom_direction
 from worldmodels.envs.carracing import StepResult
 from worldmodels.envs.preprocess import preprocess_frames
+from worldmodels.envs.workers import EnvWorkers
 
 ENV_ID = "VizdoomTakeCover-v1"
 OBS_SHAPE = (240, 320, 3)
@@ -57,45 +57,27 @@ def preprocess_doom_frames(frames: np.ndarray) -> np.ndarray:
     return preprocess_frames(frames, crop_rows=round(rows * CROP_FRACTION))
 
 
-def _make_env(max_steps: int):
-    import gymnasium as gym
-    import vizdoom.gymnasium_wrapper  # noqa: F401  (registers the Vizdoom* ids)
+class _Game:
+    """One TakeCover game and the indices of its (stay, left, right) buttons."""
 
-    return gym.make(ENV_ID, max_episode_steps=max_steps)
+    def __init__(self, max_steps: int):
+        import gymnasium as gym
+        import vizdoom.gymnasium_wrapper  # noqa: F401  (registers the Vizdoom* ids)
+
+        self.env = gym.make(ENV_ID, max_episode_steps=max_steps)
+        # the wrapper's button map lists combinations of (left, right)
+        table = [tuple(int(b) for b in combo) for combo in self.env.unwrapped.button_map]
+        self.buttons = np.array([table.index(c) for c in ((0, 0), (1, 0), (0, 1))], np.int64)
+
+    def close(self) -> None:
+        self.env.close()
 
 
-def _button_indices(env) -> np.ndarray:
-    """Discrete indices of (stay, left, right) in the wrapper's button map (order: left, right)."""
-    table = [tuple(int(b) for b in combo) for combo in env.unwrapped.button_map]
-    return np.array([table.index(c) for c in ((0, 0), (1, 0), (0, 1))], np.int64)
-
-
-def _play(env, buttons, cmd: str, arg):
+def _play(game: _Game, cmd: str, arg):
     if cmd == "reset":
-        return env.reset(seed=arg)[0]["screen"]
-    obs, reward, terminated, truncated, _ = env.step(int(buttons[arg + 1]))
+        return game.env.reset(seed=arg)[0]["screen"]
+    obs, reward, terminated, truncated, _ = game.env.step(int(game.buttons[arg + 1]))
     return obs["screen"], float(reward), bool(terminated), bool(truncated)
-
-
-def _worker(conn, num_envs: int, max_steps: int) -> None:
-    """Owns ``num_envs`` Doom games in a subprocess; answers reset/step for any subset."""
-    import traceback
-
-    try:
-        envs = [_make_env(max_steps) for _ in range(num_envs)]
-        buttons = _button_indices(envs[0])
-        while True:
-            cmd, data = conn.recv()
-            if cmd == "close":
-                for e in envs:
-                    e.close()
-                conn.send(("ok", None))
-                return
-            conn.send(("ok", [_play(envs[i], buttons, cmd, x) for i, x in data]))
-    except (KeyboardInterrupt, EOFError):
-        return
-    except Exception:
-        conn.send(("error", traceback.format_exc()))
 
 
 class VecDoom:
@@ -116,27 +98,11 @@ class VecDoom:
             raise ValueError(f"num_envs must be positive, got {num_envs}")
         if max_steps < 1:
             raise ValueError(f"max_steps must be positive, got {max_steps}")
-        import multiprocessing as mp
-        import os
-
         self.num_envs = num_envs
         self.max_steps = max_steps
         self._obs = np.zeros((num_envs, *OBS_SHAPE), dtype=np.uint8)
-        if workers is None:
-            workers = 0 if num_envs == 1 else min(num_envs, os.cpu_count() or 1)
-        self.workers = workers
-        self._local = [_make_env(max_steps) for _ in range(num_envs)] if workers == 0 else []
-        self._buttons = _button_indices(self._local[0]) if self._local else None
-        self._conns, self._procs = [], []
-        ctx = mp.get_context("fork" if sys.platform == "linux" else "spawn")
-        for w in range(workers):
-            parent, child = ctx.Pipe()
-            n = len(range(w, num_envs, workers))
-            proc = ctx.Process(target=_worker, args=(child, n, max_steps), daemon=True)
-            proc.start()
-            child.close()
-            self._conns.append(parent)
-            self._procs.append(proc)
+        self._pool = EnvWorkers("ViZDoom", _Game, _play, num_envs, max_steps, workers)
+        self.workers = self._pool.workers
 
     @staticmethod
     def preprocess(frames: np.ndarray) -> np.ndarray:
@@ -152,7 +118,7 @@ class VecDoom:
             items = {
                 int(i): None if seeds is None or seeds[i] is None else int(seeds[i]) for i in ids
             }
-            out = self._run("reset", items)
+            out = self._pool.run("reset", items)
             self._obs[ids] = np.stack([out[int(i)] for i in ids])
         return self._obs.copy()
 
@@ -171,57 +137,14 @@ class VecDoom:
         truncated = np.zeros(self.num_envs, bool)
         ids = np.flatnonzero(active)
         if ids.size:
-            out = self._run("step", {int(i): int(direction[i]) for i in ids})
+            out = self._pool.run("step", {int(i): int(direction[i]) for i in ids})
             obs, r, te, tr = zip(*(out[int(i)] for i in ids), strict=True)
             self._obs[ids] = np.stack(obs)
             reward[ids], terminated[ids], truncated[ids] = r, te, tr
         return StepResult(self._obs.copy(), reward, terminated, truncated)
 
-    # -------------------------------------------------------------- workers
-    def _run(self, cmd: str, items: dict[int, object]) -> dict[int, object]:
-        if not self._conns:
-            return {i: _play(self._local[i], self._buttons, cmd, x) for i, x in items.items()}
-        by_worker: dict[int, list[int]] = {}
-        for i in items:
-            by_worker.setdefault(i % self.workers, []).append(i)
-        for w, ids in by_worker.items():
-            try:
-                self._conns[w].send((cmd, [(i // self.workers, items[i]) for i in ids]))
-            except (BrokenPipeError, ConnectionResetError):
-                self._worker_died(w)
-        out = {}
-        for w, ids in by_worker.items():
-            out.update(zip(ids, self._receive(w), strict=True))
-        return out
-
-    def _receive(self, w: int):
-        try:
-            status, payload = self._conns[w].recv()
-        except (EOFError, ConnectionResetError):
-            self._worker_died(w)
-        if status == "error":
-            raise RuntimeError(f"ViZDoom worker {w} failed:\n{payload}")
-        return payload
-
-    def _worker_died(self, w: int):
-        self._procs[w].join(timeout=1)
-        raise RuntimeError(
-            f"ViZDoom worker {w} died (exit code {self._procs[w].exitcode})"
-        ) from None
-
     def close(self) -> None:
-        for e in self._local:
-            e.close()
-        for conn, proc in zip(self._conns, self._procs, strict=True):
-            try:
-                conn.send(("close", None))
-                conn.recv()
-            except (OSError, EOFError):
-                pass
-            proc.join(timeout=5)
-            if proc.is_alive():
-                proc.kill()
-        self._conns, self._procs, self._local = [], [], []
+        self._pool.close()
 
     def __enter__(self):
         return self
