@@ -110,16 +110,7 @@ def train_controller(
         save_params(out_dir / BEST, state.best_params if state.best_params is not None else latest)
         plot_training_curve(state.history, out_dir / "curve.png")
 
-    settings = ESSettings(
-        num_params=spec.num_params,
-        popsize=config.popsize,
-        sigma0=config.sigma0,
-        generations=config.generations,
-        time_budget_s=config.time_budget_s,
-        weight_decay=config.weight_decay,
-        eval_every=config.eval_every,
-        seed=config.seed,
-    )
+    settings = es_settings(config, spec.num_params)
     try:
         state = run_es(
             settings,
@@ -193,6 +184,20 @@ def write_controller_json(
             "z_mode": config.z_mode,
             "relative_to": "..",
         },
+    )
+
+
+def es_settings(config: ControllerConfig, num_params: int) -> ESSettings:
+    """The CMA-ES loop's settings from a controller config (real or dream fitness alike)."""
+    return ESSettings(
+        num_params=num_params,
+        popsize=config.popsize,
+        sigma0=config.sigma0,
+        generations=config.generations,
+        time_budget_s=config.time_budget_s,
+        weight_decay=config.weight_decay,
+        eval_every=config.eval_every,
+        seed=config.seed,
     )
 
 

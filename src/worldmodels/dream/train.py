@@ -29,12 +29,13 @@ from worldmodels.controller.train import (
     CONTROLLER_JSON,
     LATEST,
     ControllerSummary,
+    es_settings,
     plot_training_curve,
     save_params,
     write_controller_json,
 )
 from worldmodels.dream.env import DreamEnv, InitialLatents, load_initial_latents, run_dreams
-from worldmodels.evolution.cmaes import STATE, ESSettings, ESState, run_es
+from worldmodels.evolution.cmaes import STATE, ESState, run_es
 from worldmodels.memory.mdrnn import MDNRNN
 from worldmodels.utils.device import pick_device
 from worldmodels.utils.io import atomic_write_json, read_json
@@ -191,16 +192,7 @@ def train_in_dream(
         title = f"CMA-ES in M's dream (tau {dream.temperature}); mean-eval in real {dream.env}"
         plot_training_curve(state.history, out_dir / "curve.png", title)
 
-    settings = ESSettings(
-        num_params=spec.num_params,
-        popsize=config.popsize,
-        sigma0=config.sigma0,
-        generations=config.generations,
-        time_budget_s=config.time_budget_s,
-        weight_decay=config.weight_decay,
-        eval_every=config.eval_every,
-        seed=config.seed,
-    )
+    settings = es_settings(config, spec.num_params)
     try:
         state = run_es(
             settings,
