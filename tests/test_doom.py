@@ -221,6 +221,10 @@ def test_dream_train_and_sweep_commands(doom_run, tmp_path, capsys):
     ]
     small = ["--popsize", "4", "--rollouts", "2", "--dream-max-steps", "20", "--no-progress"]
     out = tmp_path / "c"
+    check = ["dream-check", *models[:4], "--temperature", "0.5", "1.5", "--dream-max-steps", "20"]
+    assert main(check) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and "(tau 0.5, 4 episodes)" in lines[0] and "tau 1.5" in lines[1]
     args = ["dream-train", *models, "--out", str(out), *small, "--eval-every", "0"]
     assert main([*args, "--generations", "1"]) == 0
     assert main([*args, "--generations", "2", "--resume"]) == 0

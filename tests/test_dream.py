@@ -12,6 +12,7 @@ import torch
 from worldmodels.config import ControllerConfig, DreamConfig, MDNRNNConfig, VAEConfig
 from worldmodels.controller.model import ControllerSpec
 from worldmodels.data.store import StoreWriter
+from worldmodels.dream.check import CHECK_JSON, replay_in_dream
 from worldmodels.dream.env import DreamEnv, DreamError, load_initial_latents, run_dreams
 from worldmodels.dream.train import DreamFitness, train_in_dream
 from worldmodels.evolution.cmaes import STATE
@@ -31,8 +32,9 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-def write_series(path, episodes=5, z_size=Z, first_z0=1.0):
-    """A series store of Doom-shaped episodes (actions (N, 1)); every first frame has z0 ~ 1."""
+def write_series(path, episodes=5, z_size=Z, first_z0=1.0, actions=None):
+    """A series store of Doom-shaped episodes (actions (N, 1)); every first frame has z0 ~ 1.
+    ``actions(n)``: an episode's actions (default: uniform in [-1, 1])."""
     writer = StoreWriter(
         path, "series", identity={"test": str(path)}, extra={"z_size": z_size, "action_size": 1}
     )
@@ -46,7 +48,9 @@ def write_series(path, episodes=5, z_size=Z, first_z0=1.0):
         arrays = {
             "mu": mu,
             "logvar": np.full((n, z_size), -10.0, np.float16),
-            "actions": rng.uniform(-1, 1, (n, 1)).astype(np.float32),
+            "actions": (rng.uniform(-1, 1, n) if actions is None else actions(n))
+            .reshape(n, 1)
+            .astype(np.float32),
             "rewards": np.ones(n, np.float32),
             "terminated": terminated,
             "truncated": np.zeros(n, bool),
@@ -336,3 +340,37 @@ def test_carracing_in_the_dream_with_reward_and_done_heads(small_store, tmp_path
 
     agent = Agent.load(tmp_path / "c", device="cpu")
     assert agent.env == "carracing" and agent.spec.num_params == (32 + 16) * 3 + 3
+
+
+def test_replaying_the_datas_actions_dreams_its_deaths(tmp_path):
+    """survival_mdrnn dies on the step after a negative action: episodes of positive actions
+    ending with a negative one die at their real length in the dream, too."""
+    ends_negative = write_series(tmp_path / "agree", actions=lambda n: np.r_[np.ones(n - 1), -1.0])
+    check = replay_in_dream(survival_mdrnn(), ends_negative, DreamConfig(max_steps=200))
+    assert check.episodes == 5
+    assert check.dream_length == check.real_length == np.mean([20, 21, 22, 23, 24])
+    assert check.dream_deaths == check.real_deaths == 1.0
+    assert check.dream_return == check.real_return and check.warning() is None
+
+
+def test_a_dream_that_never_kills_is_reported_before_training(models, tmp_path):
+    always_positive = write_series(tmp_path / "s", actions=np.ones)
+    dream = DreamConfig(max_steps=100, temperature=1.0)
+    out = tmp_path / "c"
+    summary = train_in_dream(
+        models / "mdrnn.pt",
+        always_positive,
+        models / "vae.pt",
+        out,
+        tiny_es(generations=1),
+        dream,
+        progress=False,
+    )
+    check = summary.check
+    assert check.dream_length == 100 and check.dream_deaths == 0 and check.real_deaths == 1
+    assert "longer in the dream" in check.warning() and "WARNING" in check.line()
+    saved = json.loads((out / CHECK_JSON).read_text())
+    assert saved["length_ratio"] == pytest.approx(100 / 22) and saved["warning"]
+    always_negative = write_series(tmp_path / "dies", actions=lambda n: -np.ones(n))
+    short = replay_in_dream(survival_mdrnn(), always_negative, dream)
+    assert short.dream_length == 1 and "shorter" in short.warning()

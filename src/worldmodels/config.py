@@ -288,6 +288,25 @@ PRESETS: dict[str, PipelineConfig] = {
         ),
         evaluate=EvalConfig(episodes=100, num_envs=8),
     ),
+    # CarRacing trained in M's dream: the laptop preset's data and V, M with reward and done
+    # heads, 25 minutes of CMA-ES in dreams of 1,000 steps at tau 1.15 (no game in the loop
+    # but a monitor), scored like every CarRacing run on 100 gymnasium episodes
+    "carracing-dream": PipelineConfig(
+        collect=CollectConfig(episodes=120, max_steps=1000, num_envs=16),
+        vae=VAEConfig(max_steps=2400, learning_rate=3e-4, checkpoint_every=400),
+        mdrnn=MDNRNNConfig(seq_len=999, batch_size=16, steps=600, reward_head=True, done_head=True),
+        controller=ControllerConfig(
+            popsize=32,
+            rollouts=8,
+            generations=10_000,
+            time_budget_s=25 * 60,
+            num_envs=8,
+            eval_every=25,
+            eval_episodes=8,
+        ),
+        evaluate=EvalConfig(episodes=100, num_envs=8),
+        dream=DreamConfig(env="carracing", temperature=1.15, max_steps=1000, max_batch=1024),
+    ),
     # the paper's settings: 10,000 episodes, pop 64 x 16 rollouts, 1,800 generations
     "paper": PipelineConfig(
         collect=CollectConfig(episodes=10_000, num_envs=64, policy="random_weights"),

@@ -191,7 +191,7 @@ def _train_controller(
             max_steps=min(config.dream.max_steps, 300),
         )
         steps = f"real {gif.real_steps}, dream {gif.dream_steps} steps"
-        line = f"{summary.line()}; {gif.path.name} ({steps})"
+        line = f"{summary.line()}; {gif.path.name} ({steps}); {summary.check.line()}"
         return StageResult(line, summary.seconds, resume)
     summary = train_controller(
         paths.vae,

@@ -19,6 +19,7 @@ COMMANDS = [
     "encode",
     "train-mdrnn",
     "train-controller",
+    "dream-check",
     "dream-train",
     "dream-sweep",
     "evaluate",

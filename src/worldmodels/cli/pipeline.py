@@ -18,7 +18,8 @@ def add_arguments(p) -> None:
         default="smoke",
         choices=list(PRESETS),
         help="smoke: minutes; laptop: ~2 h on 2 cores; paper: the paper's settings; doom: the "
-        "paper's Doom TakeCover dream experiment (doom-smoke: its tiny version)",
+        "paper's Doom TakeCover dream experiment (doom-smoke: its tiny version); "
+        "carracing-dream: laptop-scale CarRacing with C trained in M's dream",
     )
     p.add_argument("--out", required=True, help="run folder (created, or resumed)")
     add_ray_arguments(p)

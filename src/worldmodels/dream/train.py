@@ -34,6 +34,7 @@ from worldmodels.controller.train import (
     save_params,
     write_controller_json,
 )
+from worldmodels.dream.check import CHECK_JSON, DreamCheck, replay_in_dream
 from worldmodels.dream.env import DreamEnv, InitialLatents, load_initial_latents, run_dreams
 from worldmodels.evolution.cmaes import STATE, ESState, run_es
 from worldmodels.memory.mdrnn import MDNRNN
@@ -65,6 +66,7 @@ class DreamSummary(ControllerSummary):
 
     temperature: float = 1.15
     best_dream: float = float("nan")
+    check: DreamCheck | None = None  # the data's actions replayed in the dream, before CMA-ES
 
     def line(self) -> str:
         best = "not evaluated" if not np.isfinite(self.best_eval) else f"{self.best_eval:.1f}"
@@ -175,6 +177,7 @@ def train_in_dream(
     save_config(config, out_dir / "config.json")
     save_config(dream, out_dir / DREAM_JSON)
     write_dream_controller_json(out_dir, spec, vae_path, mdrnn_path, config, dream, series_path)
+    check = dream_check(out_dir / CHECK_JSON, mdrnn, series_path, dream, config.seed, progress)
     real = RealEvaluation(vae, mdrnn, spec, config, dream.env, device)
     tb = summary_writer(out_dir / "tb")
 
@@ -215,7 +218,25 @@ def train_in_dream(
         out_dir=out_dir,
         temperature=dream.temperature,
         best_dream=max((row["best"] for row in state.history), default=float("nan")),
+        check=check,
     )
+
+
+def dream_check(path: Path, mdrnn, series_path, dream: DreamConfig, seed: int, progress: bool):
+    """:func:`replay_in_dream` before the first generation, saved at ``path`` (kept on resume)."""
+    if path.exists():
+        return DreamCheck(
+            **{
+                k: v
+                for k, v in read_json(path, "dream check").items()
+                if k in DreamCheck.__dataclass_fields__
+            }
+        )
+    check = replay_in_dream(mdrnn, series_path, dream, seed=seed)
+    atomic_write_json(path, check.to_dict())
+    if progress or check.warning():
+        print(check.line(), flush=True)
+    return check
 
 
 class RealEvaluation:

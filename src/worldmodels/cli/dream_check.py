@@ -1,0 +1,42 @@
+"""``worldmodels dream-check``: is M's dream as hard as the game? (before training C in it)"""
+
+from __future__ import annotations
+
+from worldmodels.cli import positive_int
+from worldmodels.config import DreamConfig
+
+NAME = "dream-check"
+HELP = (
+    "Replay real episodes' own actions in M's dream and compare lengths, returns and deaths "
+    "with the game's: a dream far easier than the game teaches C to exploit M."
+)
+
+
+def add_arguments(p) -> None:
+    d = DreamConfig()
+    p.add_argument("--mdrnn", required=True, help="M (mdrnn.pt) with a done head")
+    p.add_argument("--series", required=True, help="series store: the real episodes replayed")
+    p.add_argument(
+        "--temperature",
+        type=float,
+        nargs="+",
+        default=[d.temperature],
+        help="tau (several: one line each)",
+    )
+    p.add_argument("--dream-max-steps", type=positive_int, default=d.max_steps)
+    p.add_argument("--episodes", type=positive_int, default=200, help="episodes replayed")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def run(args) -> int:
+    from worldmodels.dream.check import replay_in_dream
+    from worldmodels.memory.train import load_mdrnn
+    from worldmodels.utils.device import pick_device
+
+    mdrnn = load_mdrnn(args.mdrnn, pick_device(args.device))
+    for tau in args.temperature:
+        dream = DreamConfig(temperature=tau, max_steps=args.dream_max_steps)
+        dream.validate()
+        print(replay_in_dream(mdrnn, args.series, dream, args.episodes, args.seed).line())
+    return 0
