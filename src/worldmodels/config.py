@@ -253,6 +253,11 @@ class PipelineConfig:
     dream: DreamConfig | None = None  # set: C is trained in M's dream, scored in the real env
 
 
+# CarRacing on 2 cores: 120 episodes, V for 2,400 steps (shared by laptop and carracing-dream;
+# preset() deep-copies, so sharing the objects here is safe)
+LAPTOP_COLLECT = CollectConfig(episodes=120, max_steps=1000, num_envs=16)
+LAPTOP_VAE = VAEConfig(max_steps=2400, learning_rate=3e-4, checkpoint_every=400)
+
 PRESETS: dict[str, PipelineConfig] = {
     # every stage on tiny sizes: minutes on 2 cores; the tests run it end to end
     "smoke": PipelineConfig(
@@ -273,8 +278,8 @@ PRESETS: dict[str, PipelineConfig] = {
     ),
     # the best agent a 2-core machine trains from scratch in about 2 hours
     "laptop": PipelineConfig(
-        collect=CollectConfig(episodes=120, max_steps=1000, num_envs=16),
-        vae=VAEConfig(max_steps=2400, learning_rate=3e-4, checkpoint_every=400),
+        collect=LAPTOP_COLLECT,
+        vae=LAPTOP_VAE,
         mdrnn=MDNRNNConfig(seq_len=999, batch_size=16, steps=600),
         controller=ControllerConfig(
             popsize=16,
@@ -292,8 +297,8 @@ PRESETS: dict[str, PipelineConfig] = {
     # heads, 25 minutes of CMA-ES in dreams of 1,000 steps at tau 1.15 (no game in the loop
     # but a monitor), scored like every CarRacing run on 100 gymnasium episodes
     "carracing-dream": PipelineConfig(
-        collect=CollectConfig(episodes=120, max_steps=1000, num_envs=16),
-        vae=VAEConfig(max_steps=2400, learning_rate=3e-4, checkpoint_every=400),
+        collect=LAPTOP_COLLECT,
+        vae=LAPTOP_VAE,
         mdrnn=MDNRNNConfig(seq_len=999, batch_size=16, steps=600, reward_head=True, done_head=True),
         controller=ControllerConfig(
             popsize=32,
