@@ -32,7 +32,7 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-def write_series(path, episodes=5, z_size=Z, first_z0=1.0, actions=None):
+def write_series(path, episodes=5, z_size=Z, first_z0=1.0, actions=None, reward=1.0):
     """A series store of Doom-shaped episodes (actions (N, 1)); every first frame has z0 ~ 1.
     ``actions(n)``: an episode's actions (default: uniform in [-1, 1])."""
     writer = StoreWriter(
@@ -51,7 +51,7 @@ def write_series(path, episodes=5, z_size=Z, first_z0=1.0, actions=None):
             "actions": (rng.uniform(-1, 1, n) if actions is None else actions(n))
             .reshape(n, 1)
             .astype(np.float32),
-            "rewards": np.ones(n, np.float32),
+            "rewards": np.full(n, reward, np.float32),
             "terminated": terminated,
             "truncated": np.zeros(n, bool),
         }
@@ -351,6 +351,13 @@ def test_replaying_the_datas_actions_dreams_its_deaths(tmp_path):
     assert check.dream_length == check.real_length == np.mean([20, 21, 22, 23, 24])
     assert check.dream_deaths == check.real_deaths == 1.0
     assert check.dream_return == check.real_return and check.warning() is None
+    paid_double = write_series(
+        tmp_path / "pays", actions=lambda n: np.r_[np.ones(n - 1), -1.0], reward=2.0
+    )
+    check = replay_in_dream(survival_mdrnn(), paid_double, DreamConfig(max_steps=200))
+    assert check.length_ratio == 1 and check.dream_return == check.real_return / 2
+    assert "the dream pays them -22.0 against the game" in check.warning()
+    assert "x longer in the dream" not in check.warning()
 
 
 def test_a_dream_that_never_kills_is_reported_before_training(models, tmp_path):

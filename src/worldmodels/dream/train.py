@@ -223,15 +223,7 @@ def train_in_dream(
 
 
 def dream_check(path: Path, mdrnn, series_path, dream: DreamConfig, seed: int, progress: bool):
-    """:func:`replay_in_dream` before the first generation, saved at ``path`` (kept on resume)."""
-    if path.exists():
-        return DreamCheck(
-            **{
-                k: v
-                for k, v in read_json(path, "dream check").items()
-                if k in DreamCheck.__dataclass_fields__
-            }
-        )
+    """:func:`replay_in_dream` before training (seeded: a resumed run gets the same figures)."""
     check = replay_in_dream(mdrnn, series_path, dream, seed=seed)
     atomic_write_json(path, check.to_dict())
     if progress or check.warning():
