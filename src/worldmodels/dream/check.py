@@ -52,9 +52,9 @@ class DreamCheck:
         returns further from the game's than the game's own spread; else None."""
         problems = []
         if not 1 / TOO_FAR <= self.length_ratio <= TOO_FAR:
-            easier = "longer" if self.length_ratio > 1 else "shorter"
+            longer = "longer" if self.length_ratio > 1 else "shorter"
             problems.append(
-                f"the data's own actions last {self.length_ratio:.1f}x {easier} in the dream "
+                f"the data's own actions last {self.length_ratio:.1f}x {longer} in the dream "
                 "than in the game"
             )
         gap = self.dream_return - self.real_return
@@ -75,8 +75,7 @@ class DreamCheck:
             f"data's actions replayed in the dream (tau {self.temperature}, {self.episodes} "
             f"episodes): {self.dream_length:.0f} steps (real {self.real_length:.0f}), return "
             f"{self.dream_return:.1f} (real {self.real_return:.1f} +- {self.real_return_std:.1f}), "
-            f"deaths "
-            f"{self.dream_deaths:.0%} (real {self.real_deaths:.0%})"
+            f"deaths {self.dream_deaths:.0%} (real {self.real_deaths:.0%})"
         )
         warning = self.warning()
         return text if warning is None else f"{text}; WARNING: {warning}"
