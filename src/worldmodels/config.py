@@ -253,10 +253,11 @@ class PipelineConfig:
     dream: DreamConfig | None = None  # set: C is trained in M's dream, scored in the real env
 
 
-# CarRacing on 2 cores: 120 episodes, V for 2,400 steps (shared by laptop and carracing-dream;
-# preset() deep-copies, so sharing the objects here is safe)
+# CarRacing on 2 cores: 120 episodes, V for 2,400 steps, M for 600 (shared by laptop and
+# carracing-dream; preset() deep-copies, so sharing the objects here is safe)
 LAPTOP_COLLECT = CollectConfig(episodes=120, max_steps=1000, num_envs=16)
 LAPTOP_VAE = VAEConfig(max_steps=2400, learning_rate=3e-4, checkpoint_every=400)
+LAPTOP_MDRNN = MDNRNNConfig(seq_len=999, batch_size=16, steps=600)
 
 PRESETS: dict[str, PipelineConfig] = {
     # every stage on tiny sizes: minutes on 2 cores; the tests run it end to end
@@ -280,7 +281,7 @@ PRESETS: dict[str, PipelineConfig] = {
     "laptop": PipelineConfig(
         collect=LAPTOP_COLLECT,
         vae=LAPTOP_VAE,
-        mdrnn=MDNRNNConfig(seq_len=999, batch_size=16, steps=600),
+        mdrnn=LAPTOP_MDRNN,
         controller=ControllerConfig(
             popsize=16,
             rollouts=2,
@@ -299,7 +300,7 @@ PRESETS: dict[str, PipelineConfig] = {
     "carracing-dream": PipelineConfig(
         collect=LAPTOP_COLLECT,
         vae=LAPTOP_VAE,
-        mdrnn=MDNRNNConfig(seq_len=999, batch_size=16, steps=600, reward_head=True, done_head=True),
+        mdrnn=dataclasses.replace(LAPTOP_MDRNN, reward_head=True, done_head=True),
         controller=ControllerConfig(
             popsize=32,
             rollouts=8,

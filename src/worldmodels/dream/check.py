@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from worldmodels.config import DreamConfig
-from worldmodels.dream.env import DreamEnv, load_initial_latents
+from worldmodels.dream.env import DreamEnv, drive_dreams, load_initial_latents
 from worldmodels.memory.mdrnn import MDNRNN
 
 CHECK_JSON = "dream_check.json"
@@ -121,28 +121,21 @@ def replay_in_dream(
         seed=seed,
     )
     padded = torch.nn.utils.rnn.pad_sequence(actions, batch_first=True).to(env.device)
-    lengths = torch.as_tensor(real_lengths, device=env.device)
+    real = torch.as_tensor(real_lengths, device=env.device)
     rows = torch.arange(n, device=env.device)
-    env.reset(episodes=torch.as_tensor(picked))
-    running = torch.ones(n, dtype=torch.bool, device=env.device)
-    returns = torch.zeros(n, device=env.device)
-    dream_lengths = torch.zeros(n, dtype=torch.int64, device=env.device)
-    died = torch.zeros(n, dtype=torch.bool, device=env.device)
-    while running.any():
-        step = padded[rows, dream_lengths % lengths]
-        result = env.step(step, running)
-        returns += result.reward
-        dream_lengths += running.long()
-        died |= result.terminated
-        running &= ~(result.terminated | result.truncated)
+    dreams = drive_dreams(
+        env,
+        lambda ids, obs, taken: padded[rows, taken % real],  # the episode's actions, cycled
+        torch.as_tensor(picked),
+    )
     return DreamCheck(
         episodes=n,
         temperature=dream.temperature,
         real_length=float(np.mean(real_lengths)),
-        dream_length=float(dream_lengths.double().mean()),
+        dream_length=float(dreams.lengths.double().mean()),
         real_return=float(np.mean(real_returns)),
-        dream_return=float(returns.double().mean()),
+        dream_return=float(dreams.returns.double().mean()),
         real_return_std=float(np.std(real_returns)),
         real_deaths=float(np.mean(real_deaths)),
-        dream_deaths=float(died.double().mean()),
+        dream_deaths=float(dreams.died.double().mean()),
     )

@@ -251,14 +251,40 @@ class DreamEnv:
 
 @dataclass
 class DreamRollouts:
-    """Per-dream results of :func:`run_dreams`."""
+    """Per-dream results of :func:`drive_dreams` / :func:`run_dreams`."""
 
     returns: Tensor  # (N,)
     lengths: Tensor  # (N,) int64
     steps: int  # dream steps taken in all
+    died: Tensor  # (N,) bool: ended by the done head, not the step limit
 
 
 @torch.no_grad()
+def drive_dreams(env: DreamEnv, act, episodes: Tensor | None = None) -> DreamRollouts:
+    """One dream per row, each stepped until it ends; ``act(ids, obs, lengths)`` gives the
+    actions ``(N, action_size)`` of the running rows ``ids`` (other rows are ignored) from
+    every row's observation and the steps it has taken. Finished dreams drop out of the
+    batch, so the cost follows the dreams still running.
+    """
+    obs = env.reset(episodes=episodes)
+    n, device = env.num_envs, env.device
+    running = torch.ones(n, dtype=torch.bool, device=device)
+    returns = torch.zeros(n, device=device)
+    lengths = torch.zeros(n, dtype=torch.int64, device=device)
+    died = torch.zeros(n, dtype=torch.bool, device=device)
+    steps = 0
+    while running.any():
+        ids = torch.nonzero(running).squeeze(1)
+        result = env.step(act(ids, obs, lengths), running)
+        returns += result.reward
+        lengths[ids] += 1
+        steps += ids.numel()
+        died |= result.terminated
+        running &= ~(result.terminated | result.truncated)
+        obs = result.obs
+    return DreamRollouts(returns.cpu(), lengths.cpu(), steps, died.cpu())
+
+
 def run_dreams(
     env: DreamEnv,
     params: Tensor,
@@ -268,8 +294,7 @@ def run_dreams(
     """One dream per row: row i is driven by controller parameters ``params[i]`` until it ends.
 
     ``params`` ``(N, spec.num_params)`` with ``N = env.num_envs``; ``episodes`` (optional,
-    ``(N,)``) fixes each dream's starting episode. Finished dreams drop out of the batch, so
-    the cost follows the dreams still running.
+    ``(N,)``) fixes each dream's starting episode.
     """
     from worldmodels.controller.model import controller_actions
 
@@ -283,19 +308,10 @@ def run_dreams(
             f"dream (observations {env.obs_size}, actions {env.action_size})"
         )
     params = params.to(env.device, env.z.dtype)
-    obs = env.reset(episodes=episodes)
-    running = torch.ones(env.num_envs, dtype=torch.bool, device=env.device)
-    returns = torch.zeros(env.num_envs, device=env.device)
-    lengths = torch.zeros(env.num_envs, dtype=torch.int64, device=env.device)
     actions = torch.zeros(env.num_envs, env.action_size, device=env.device, dtype=env.z.dtype)
-    steps = 0
-    while running.any():
-        ids = torch.nonzero(running).squeeze(1)
+
+    def act(ids: Tensor, obs: Tensor, lengths: Tensor) -> Tensor:
         actions[ids] = controller_actions(params[ids], obs[ids], spec)
-        result = env.step(actions, running)
-        returns += result.reward
-        lengths[ids] += 1
-        steps += ids.numel()
-        running &= ~(result.terminated | result.truncated)
-        obs = result.obs
-    return DreamRollouts(returns.cpu(), lengths.cpu(), steps)
+        return actions
+
+    return drive_dreams(env, act, episodes)
