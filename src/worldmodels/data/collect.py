@@ -2,7 +2,7 @@
 
 Every environment slot runs episodes back to back: when its episode ends, the slot is written
 out and immediately starts the next missing episode, so no slot waits for the slowest one.
-Episode ``i`` is seeded ``seed + i`` (gymnasium) and its policy draws from a generator seeded
+Episode ``i`` is seeded ``seed + i`` (on either backend) and its policy draws from a generator seeded
 by ``(seed, i)``; a killed run started again collects only the episodes still missing. With
 ``min_length`` (Doom: the paper drops episodes of <= 100 frames), an episode that ends sooner
 is not written and its index is played again with a seed drawn from ``(seed, i, try)``.
@@ -108,8 +108,6 @@ def collect(config: CollectConfig, out: str, progress: bool = True, cluster=None
 
         frames = collect_on_ray(config, writer, backend, todo, cluster, progress)
     elif todo:
-        # EnvPool seeds its environments once, at make: a resumed run gets a fresh seed so
-        # that it does not replay the tracks of the run it resumes.
         frames = collect_episodes(
             config, writer, backend, todo, pool_seed(config.seed, len(done)), progress
         )
@@ -187,7 +185,7 @@ def _run(config, writer, backend, todo, env_seed, progress) -> int:
                 if len(slot.obs) < config.min_length:
                     queue.insert(0, (slot.index, retry_attempt(slot, config)))
                 else:
-                    _finish(writer, slot, backend, config, env_seed + int(s))
+                    _finish(writer, slot)
                     frames += len(slot.obs)
                     bar.update(1)
                     bar.set_postfix(fps=f"{frames / (time.perf_counter() - start):.0f}")
@@ -209,14 +207,12 @@ def retry_attempt(slot: _Slot, config: CollectConfig) -> int:
     return slot.attempt + 1
 
 
-def _finish(writer: StoreWriter, slot: _Slot, backend: str, config: CollectConfig, env_seed: int):
+def _finish(writer: StoreWriter, slot: _Slot):
     arrays = slot.arrays()
     meta = {
         "return": float(arrays["rewards"].sum()),
         "length": len(arrays["rewards"]),
-        # gymnasium: the episode's own seed; EnvPool: the seed of the environment it ran in
-        "seed": slot.seed if backend == "gymnasium" else None,
-        "env_seed": env_seed if backend == "envpool" else None,
+        "seed": slot.seed,  # the episode's own seed, on either backend
         "dropped_before": slot.attempt,  # shorter tries of this index dropped (min_length)
     }
     writer.add(slot.index, arrays, meta)

@@ -2,9 +2,9 @@
 
 ``gymnasium`` is the reference: every reported score is measured on it, with explicit
 per-episode seeds. ``envpool`` is a C++ port, about 10x faster per core, used by default for
-collection and training when installed. Its quirks: seeds are fixed when the pool is made
-(``reset(seed=...)`` is ignored, so per-episode seeds are not reproducible), and its frames are
-drawn with OpenCV: close to, but not pixel-identical with, gymnasium's.
+collection and training when installed. It honours the same per-episode seeds (same seed, same
+track and frames; see ``EnvPoolCarRacing``), but its tracks and frames (drawn with OpenCV) are
+not identical with gymnasium's for the same seed.
 
 Both backends follow the same contract: ``step`` never resets an environment by itself. An
 environment whose episode ended must be reset with ``reset(mask=...)`` before it is stepped
@@ -14,6 +14,7 @@ again; ``step(actions, active=mask)`` lets the caller leave finished or idle slo
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from dataclasses import dataclass
 
@@ -100,7 +101,8 @@ class VecCarRacing:
     def reset(self, mask: np.ndarray | None = None, seeds: list[int | None] | None = None):
         """Reset the environments where ``mask`` is true (all when None); returns all obs.
 
-        ``seeds[i]`` seeds environment i's new episode (gymnasium only; EnvPool ignores it).
+        ``seeds[i]`` seeds environment i's new episode: the same seed gives the same episode
+        start on the same backend; ``None`` continues the environment's own random stream.
         """
         mask = np.ones(self.num_envs, bool) if mask is None else np.asarray(mask, bool)
         if mask.any():
@@ -185,7 +187,15 @@ class GymnasiumCarRacing(VecCarRacing):
 
 
 class EnvPoolCarRacing(VecCarRacing):
-    """EnvPool's C++ ``CarRacing-v3``; environment i is seeded ``seed + i`` once, at make."""
+    """EnvPool's C++ ``CarRacing-v3`` with per-episode seeds, like gymnasium.
+
+    EnvPool fixes an environment's seed when its pool is made, and the k-th track of an
+    environment depends only on (seed, k). So a seeded reset makes a new pool (about 10 ms)
+    whose environments carry the requested seeds: the same seed gives the same track and
+    frames as any other seeded reset with it, on any slot. An unseeded reset continues the
+    slot's current environment with its next track. Slot i starts on seed ``seed + i``.
+    Slots that live in different pools are stepped together (send to all, then receive).
+    """
 
     backend = "envpool"
 
@@ -197,39 +207,82 @@ class EnvPoolCarRacing(VecCarRacing):
         num_threads: int = 0,
     ):
         super().__init__(num_envs, max_steps)
+        self.seed = seed
+        self.num_threads = num_threads or os.cpu_count() or 1
+        self._pool_of: list = [None] * num_envs  # slot -> the pool its environment lives in
+        self._local = np.zeros(num_envs, np.int64)  # slot -> its env_id in that pool
+        self._move_to_new_pool(np.arange(num_envs), [seed + i for i in range(num_envs)])
+
+    def _move_to_new_pool(self, ids: np.ndarray, seeds: list[int]) -> np.ndarray:
+        """Put slots ``ids`` in a new pool seeded ``seeds``; returns their first frames."""
         import envpool
 
-        self.seed = seed
-        self._env = envpool.make(
+        pool = envpool.make(
             "CarRacing-v3",
             env_type="gymnasium",
-            num_envs=num_envs,
-            batch_size=num_envs,
-            seed=seed,
-            max_episode_steps=max_steps,
-            num_threads=num_threads,
+            num_envs=len(ids),
+            batch_size=len(ids),
+            seed=[int(s) for s in seeds],
+            max_episode_steps=self.max_steps,
+            num_threads=min(self.num_threads, len(ids)),
         )
+        old = {id(p): p for p in (self._pool_of[i] for i in ids) if p is not None}
+        for k, i in enumerate(ids):
+            self._pool_of[i], self._local[i] = pool, k
+        for p in old.values():  # a pool no slot uses any more is closed
+            if all(q is not p for q in self._pool_of):
+                p.close()
+        obs, info = pool.reset()
+        return self._in_order(np.arange(len(ids)), info, obs)[0]
+
+    def _groups(self, ids: np.ndarray):
+        """(pool, slots in it, their env_ids there) for the pools holding slots ``ids``."""
+        groups: dict[int, list[int]] = {}
+        for i in ids:
+            groups.setdefault(id(self._pool_of[i]), []).append(int(i))
+        for slots in groups.values():
+            slots = np.asarray(slots)
+            yield self._pool_of[slots[0]], slots, self._local[slots]
 
     @staticmethod
-    def _in_order(ids, info, *arrays):
-        order = np.argsort(info["env_id"])
-        got = np.asarray(info["env_id"])[order]
-        if not np.array_equal(got, ids):
-            raise RuntimeError(f"envpool answered for envs {got}, expected {ids}")
-        return [np.asarray(a)[order] for a in arrays]
+    def _in_order(local, info, *arrays):
+        """EnvPool answers in its own order: sort the arrays back into ``local``'s order."""
+        got = np.asarray(info["env_id"])
+        order = np.argsort(got)
+        if not np.array_equal(got[order], np.sort(local)):
+            raise RuntimeError(f"envpool answered for envs {got}, expected {local}")
+        rank = np.searchsorted(got[order], local)
+        return [np.asarray(a)[order][rank] for a in arrays]
 
     def _reset_ids(self, ids, seeds):
-        obs, info = self._env.reset(env_id=ids)
-        (obs,) = self._in_order(ids, info, obs)
+        obs = np.empty((len(ids), *OBS_SHAPE), np.uint8)
+        seeded = np.array([seeds is not None and seeds[i] is not None for i in ids], bool)
+        if seeded.any():
+            obs[seeded] = self._move_to_new_pool(ids[seeded], [seeds[i] for i in ids[seeded]])
+        unseeded = ids[~seeded]
+        if unseeded.size:
+            where = {int(i): k for k, i in enumerate(ids)}
+            for pool, slots, local in self._groups(unseeded):
+                new, info = pool.reset(env_id=local)
+                obs[[where[int(i)] for i in slots]] = self._in_order(local, info, new)[0]
         return obs
 
     def _step_ids(self, ids, actions):
-        obs, r, te, tr, info = self._env.step(actions[ids], env_id=ids)
-        obs, r, te, tr = self._in_order(ids, info, obs, r, te, tr)
-        return obs, r.astype(np.float32), te.astype(bool), tr.astype(bool)
+        groups = list(self._groups(ids))
+        for pool, slots, local in groups:
+            pool.send(actions[slots], local)
+        out = {}
+        for pool, slots, local in groups:
+            obs, r, te, tr, info = pool.recv()
+            for i, o, *rest in zip(slots, *self._in_order(local, info, obs, r, te, tr), strict=True):
+                out[int(i)] = (o, *rest)
+        obs, r, te, tr = zip(*(out[int(i)] for i in ids), strict=True)
+        return np.stack(obs), np.asarray(r, np.float32), np.asarray(te, bool), np.asarray(tr, bool)
 
     def close(self):
-        self._env.close()
+        for p in {id(p): p for p in self._pool_of if p is not None}.values():
+            p.close()
+        self._pool_of = [None] * self.num_envs
 
 
 def make_vec_env(
