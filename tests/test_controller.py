@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 import torch
 
+from worldmodels.config import ControllerConfig, EvalConfig
 from worldmodels.controller.model import MODES, ControllerSpec, check_params, controller_actions
 from worldmodels.controller.policy import WorldModelPolicy
 from worldmodels.controller.rollout import RolloutEngine
-from worldmodels.envs.carracing import make_vec_env
+from worldmodels.controller.train import TRAIN_SEED_BASE, generation_jobs, generation_seeds
+from worldmodels.envs.carracing import envpool_available, make_vec_env
 from worldmodels.evolution.cmaes import STATE, ESSettings, run_es
 from worldmodels.memory.mdrnn import MDNRNN
 from worldmodels.vision.vae import ConvVAE
@@ -78,6 +80,39 @@ def test_candidates_side_by_side_match_each_alone():
     np.testing.assert_allclose(together.returns, alone, atol=1e-3)
     assert together.env_steps == 6 * 25 and (together.lengths == 25).all()
     assert len(set(np.round(together.returns, 3))) > 1  # the candidates really differ
+
+
+@pytest.mark.skipif(not envpool_available(), reason="envpool not installed")
+def test_all_candidates_of_a_generation_play_the_same_tracks_on_envpool():
+    """Common random numbers where training runs: equal candidates score equally on each of
+    the generation's seeds (slots reused mid-run included), and the seeds are different tracks."""
+    policy = make_policy()
+    params = np.tile(np.random.default_rng(2).standard_normal(policy.spec.num_params), (4, 1))
+    seeds = generation_seeds(0, 5, 2)
+    jobs = [(c, s) for c in range(4) for s in seeds]
+    with make_vec_env(backend="envpool", num_envs=3, max_steps=30) as env:
+        returns = RolloutEngine(policy, env).run(params * 0.5, jobs).returns.reshape(4, 2)
+    np.testing.assert_allclose(returns, np.tile(returns[0], (4, 1)), atol=1e-3)
+    assert abs(returns[0, 0] - returns[0, 1]) > 1e-3
+
+
+def test_common_seeds_are_shared_by_candidates_and_can_be_turned_off():
+    common = generation_jobs(ControllerConfig(rollouts=2), 3, popsize=4)
+    assert [c for c, _ in common] == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert len({s for _, s in common}) == 2 and {s for c, s in common if c == 3} == {
+        s for c, s in common if c == 0
+    }
+    own = generation_jobs(ControllerConfig(rollouts=2, common_seeds=False), 3, popsize=4)
+    assert [c for c, _ in own] == [0, 0, 1, 1, 2, 2, 3, 3] and len({s for _, s in own}) == 8
+
+
+def test_training_selection_and_scoring_seeds_never_meet():
+    config = ControllerConfig()
+    train = {s for g in range(2000) for s in generation_seeds(config.seed, g, 16)}
+    selection = set(range(config.eval_seed, config.eval_seed + config.eval_episodes))
+    scoring = set(range(EvalConfig().seed, EvalConfig().seed + 100))
+    assert not train & selection and not train & scoring and not selection & scoring
+    assert min(train) >= TRAIN_SEED_BASE
 
 
 def test_early_stop_ends_hopeless_episodes():

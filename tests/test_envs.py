@@ -47,11 +47,43 @@ def test_backends_agree_on_shape_dtype_and_colours():
     assert np.abs(gym_mean - pool_mean).max() < 12, (gym_mean, pool_mean)
 
 
-def test_gymnasium_seeds_make_episodes_reproducible():
-    a, ra = drive("gymnasium", steps=10, num_envs=1)
-    b, rb = drive("gymnasium", steps=10, num_envs=1)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_seeds_make_episodes_reproducible(backend):
+    a, ra = drive(backend, steps=10, num_envs=1)
+    b, rb = drive(backend, steps=10, num_envs=1)
     np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(ra, rb)
+
+
+@needs_envpool
+def test_envpool_honours_each_resets_seed_on_any_slot():
+    """Same seed -> same track and frames, whichever slot and whatever ran there before;
+    different seeds -> different tracks; no seed -> the slot's next track, not a replay."""
+    with make_vec_env(backend="envpool", num_envs=3, max_steps=200, seed=50) as env:
+        first = env.reset(seeds=[7, 7, 8])
+        assert np.array_equal(first[0], first[1]) and not np.array_equal(first[0], first[2])
+        for _ in range(20):  # slot 2 drives on; then it is reset onto seed 7 mid-episode
+            driven = env.step(np.tile(STRAIGHT, (3, 1)))
+        again = env.reset(mask=np.array([False, False, True]), seeds=[None, None, 7])
+        np.testing.assert_array_equal(again[2], first[0])
+        for _ in range(20):  # slot 2 replays what slot 0 did on seed 7, frame for frame
+            replay = env.step(np.tile(STRAIGHT, (3, 1)), active=np.array([False, False, True]))
+        np.testing.assert_array_equal(replay.obs[2], driven.obs[0])
+        unseeded = env.reset(mask=np.array([True, False, False]))
+        assert not np.array_equal(unseeded[0], first[0])
+
+
+@needs_envpool
+def test_envpool_slots_in_several_pools_step_together():
+    """Seeded resets of different slots at different times put them in different pools;
+    one step still answers every active slot, in slot order."""
+    with make_vec_env(backend="envpool", num_envs=3, max_steps=200) as env:
+        env.reset(seeds=[1, 2, 3])
+        env.reset(mask=np.array([False, True, False]), seeds=[None, 1, None])
+        result = env.step(np.tile(STRAIGHT, (3, 1)))
+        np.testing.assert_array_equal(result.obs[0], result.obs[1])  # both on seed 1, step 1
+        assert not np.array_equal(result.obs[0], result.obs[2])
+        assert result.reward[0] == result.reward[1]
 
 
 def test_inactive_slots_are_left_alone():

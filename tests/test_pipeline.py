@@ -9,7 +9,7 @@ import pytest
 
 import worldmodels
 from worldmodels.cli import main
-from worldmodels.config import PRESETS, PipelineConfig, from_dict, preset, to_dict
+from worldmodels.config import PRESETS, PipelineConfig, apply_overrides, from_dict, preset, to_dict
 from worldmodels.controller.train import BEST
 from worldmodels.pipeline import STAGES, run_pipeline
 
@@ -128,7 +128,79 @@ def test_evaluate_command_writes_every_episode(smoke_run, tmp_path, capsys):
 
 def test_a_different_preset_on_the_same_folder_is_refused(smoke_run, capsys):
     assert main(["pipeline", "--preset", "laptop", "--out", str(smoke_run)]) == 2
-    assert "another config" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "other settings of finished stages" in err and "collect.episodes" in err
+
+
+def test_set_changes_typed_settings_of_a_preset():
+    config = apply_overrides(
+        preset("laptop"),
+        [
+            "controller.rollouts=8",
+            "controller.popsize=8",
+            "collect.policy=random_weights",
+            "controller.time_budget_s=none",
+            "controller.sigma0=0.05",
+            "controller.z_mode=mean",
+            "vae.bf16=true",
+        ],
+    )
+    c = config.controller
+    assert (c.rollouts, c.popsize, c.time_budget_s, c.sigma0, c.z_mode) == (
+        8,
+        8,
+        None,
+        0.05,
+        "mean",
+    )
+    assert config.collect.policy == "random_weights" and config.vae.bf16 is True
+    assert preset("laptop").controller.rollouts == 2  # the preset itself is untouched
+
+
+@pytest.mark.parametrize(
+    ("assignment", "message"),
+    [
+        ("controller.rolouts=8", "unknown key 'rolouts'; controller keys: mode, popsize"),
+        ("control.rollouts=8", "unknown section 'control'; choose one of collect, vae"),
+        ("controller.rollouts=eight", "controller.rollouts=eight: expected int"),
+        ("controller.rollouts=0", "controller: rollouts must be positive"),
+        ("controller.z_mode=median", "z_mode must be one of sample, mean"),
+        ("collect.policy=greedy", "policy must be one of brownian"),
+        ("dream.temperature=2", "no 'dream' section"),
+        ("controller.rollouts", "expected SECTION.KEY=VALUE"),
+    ],
+)
+def test_set_refuses_bad_settings_in_one_line_and_writes_nothing(
+    tmp_path, capsys, assignment, message
+):
+    out = tmp_path / "run"
+    args = ["pipeline", "--preset", "laptop", "--out", str(out), "--set", assignment]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists()
+
+
+def test_set_on_resume_changes_unfinished_stages_only(smoke_run, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(smoke_run, run)
+    stages_file = run / "stages.json"
+    stages = json.loads(stages_file.read_text())
+    for stage in ("train-controller", "evaluate", "report"):
+        del stages[stage]
+    stages_file.write_text(json.dumps(stages))
+    shutil.rmtree(run / "controller")
+    base = ["pipeline", "--preset", "smoke", "--out", str(run), "--no-progress"]
+    assert main([*base, "--set", "mdrnn.steps=30"]) == 2  # M is finished: frozen
+    assert "mdrnn.steps" in capsys.readouterr().err
+    assert main([*base, "--set", "controller.z_mode=mean", "--set", "evaluate.episodes=1"]) == 0
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["controller"]["z_mode"] == "mean" and saved["evaluate"]["episodes"] == 1
+    assert "--set controller.z_mode=mean" in saved["preset"]
+    assert json.loads((run / "controller" / "controller.json").read_text())["z_mode"] == "mean"
+    assert json.loads((run / "eval.json").read_text())["episodes"] == 1
 
 
 def test_a_folder_of_other_things_is_refused(tmp_path, capsys):

@@ -48,6 +48,9 @@ class CollectConfig:
             raise ValueError(
                 f"min_length must be in 0..max_steps ({self.max_steps}), got {self.min_length}"
             )
+        _check_choice("env", self.env, ("carracing", "doom"))
+        _check_choice("backend", self.backend, ("auto", "gymnasium", "envpool"))
+        _check_choice("policy", self.policy, ("brownian", "random_weights", "doom_random"))
         if self.env == "doom":
             from worldmodels.envs.doom import require_vizdoom
 
@@ -60,6 +63,11 @@ class CollectConfig:
                 )
         elif self.policy.startswith("doom"):
             raise ValueError(f"policy {self.policy!r} is for env 'doom', not {self.env!r}")
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
 
 
 ENV_COLLECT_DEFAULTS = {
@@ -174,6 +182,9 @@ class ControllerConfig:
     workers: int | None = None
     max_steps: int = 1000
     z_mode: str = "sample"  # sample z ~ N(mu, sigma) as the 2018 code, or use mu
+    # every candidate of a generation plays the same tracks (common random numbers); False:
+    # each candidate its own (the 2018 code's behaviour on a pool of unseeded environments)
+    common_seeds: bool = True
     device: str = "auto"
     seed: int = 0
 
@@ -196,6 +207,9 @@ class ControllerConfig:
             raise ValueError(f"early_stop must be positive, got {self.early_stop}")
         if self.eval_every < 0 or self.weight_decay < 0:
             raise ValueError("eval_every and weight_decay must be >= 0")
+        _check_choice("mode", self.mode, ("zh", "z", "z_hidden", "zch"))
+        _check_choice("z_mode", self.z_mode, ("sample", "mean"))
+        _check_choice("backend", self.backend, ("auto", "gymnasium", "envpool"))
 
 
 @dataclass
@@ -454,6 +468,81 @@ def preset(name: str) -> PipelineConfig:
         return copy.deepcopy(PRESETS[name])
     except KeyError:
         raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}") from None
+
+
+def apply_overrides(config: PipelineConfig, assignments: list[str]) -> PipelineConfig:
+    """A copy of ``config`` with ``SECTION.KEY=VALUE`` assignments applied, typed and validated.
+
+    Unknown sections or keys, values of the wrong type and values a section's ``validate``
+    refuses raise ValueError naming the key and what is allowed; ``config`` is left unchanged.
+    """
+    config = copy.deepcopy(config)
+    for assignment in assignments:
+        key, sep, text = assignment.partition("=")
+        section_name, dot, field_name = key.strip().partition(".")
+        if not sep or not dot:
+            raise ValueError(f"--set {assignment!r}: expected SECTION.KEY=VALUE")
+        sections = {f.name: f for f in dataclasses.fields(PipelineConfig)}
+        if section_name not in sections:
+            raise ValueError(
+                f"--set {key}: unknown section {section_name!r}; choose one of "
+                f"{', '.join(sections)}"
+            )
+        section = getattr(config, section_name)
+        if section is None:
+            raise ValueError(
+                f"--set {key}: this preset has no {section_name!r} section (it is not a dream run)"
+            )
+        hints = typing.get_type_hints(type(section))
+        if field_name not in hints:
+            raise ValueError(
+                f"--set {key}: unknown key {field_name!r}; {section_name} keys: {', '.join(hints)}"
+            )
+        setattr(section, field_name, _parse_value(key, text.strip(), hints[field_name]))
+    for f in dataclasses.fields(config):
+        section = getattr(config, f.name)
+        if section is not None:
+            try:
+                section.validate()
+            except ValueError as e:
+                raise ValueError(f"--set: {f.name}: {e}") from None
+    return config
+
+
+def _parse_value(key: str, text: str, hint: Any) -> Any:
+    """``text`` as a value of type ``hint`` (int, float, bool, str, each optionally None)."""
+    types = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+    optional = type(None) in typing.get_args(hint)
+    if optional and text.lower() in ("none", "null"):
+        return None
+    kind = types[0]
+    try:
+        if kind is bool:
+            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError
+            return text.lower() in ("true", "1", "yes")
+        if kind is int:
+            return int(text.replace("_", ""))
+        if kind is float:
+            return float(text)
+        if kind is str:
+            return text
+    except ValueError:
+        pass
+    allowed = kind.__name__ + (" or none" if optional else "")
+    raise ValueError(f"--set {key}={text}: expected {allowed}")
+
+
+def config_differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted names of the fields where two configs (or sections) differ."""
+    if dataclasses.is_dataclass(old) and dataclasses.is_dataclass(new):
+        out = []
+        for f in dataclasses.fields(old):
+            out += config_differences(
+                getattr(old, f.name), getattr(new, f.name), prefix + f.name + "."
+            )
+        return out
+    return [] if old == new else [prefix.rstrip(".")]
 
 
 def to_dict(config: Any) -> dict[str, Any]:

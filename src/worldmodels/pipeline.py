@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from worldmodels.config import PipelineConfig, from_dict, to_dict
+from worldmodels.config import PipelineConfig, config_differences, from_dict, to_dict
 from worldmodels.utils.io import atomic_write_json, read_json
 
 STAGES = ("collect", "train-vae", "encode", "train-mdrnn", "train-controller", "evaluate", "report")
@@ -63,8 +63,20 @@ class RunPaths:
         return self.root / "report.md"
 
 
+# the stage each config section drives: a finished stage's settings are frozen on resume
+SECTION_STAGE = {
+    "collect": "collect",
+    "vae": "train-vae",
+    "mdrnn": "train-mdrnn",
+    "controller": "train-controller",
+    "dream": "train-controller",
+    "evaluate": "evaluate",
+}
+
+
 def prepare_run(out: str | Path, config: PipelineConfig, preset_name: str) -> RunPaths:
-    """Create the run folder, or check that an existing one was made with the same config."""
+    """Create the run folder, or resume one: settings of unfinished stages may change (saved
+    in config.json), settings of finished stages may not (ValueError naming them)."""
     paths = RunPaths(Path(out))
     config_file = paths.root / "config.json"
     if paths.root.exists() and not paths.root.is_dir():
@@ -73,11 +85,16 @@ def prepare_run(out: str | Path, config: PipelineConfig, preset_name: str) -> Ru
         saved = read_json(config_file, "run config")
         saved.pop("type", None)
         saved_preset = saved.pop("preset", None)
-        if from_dict(PipelineConfig, saved) != config:
+        changed = config_differences(from_dict(PipelineConfig, saved), config)
+        finished = finished_stages(paths)
+        frozen = [k for k in changed if SECTION_STAGE[k.split(".")[0]] in finished]
+        if frozen:
             raise ValueError(
-                f"{paths.root} holds a run made with another config (preset {saved_preset!r}); "
-                "choose another --out or the same preset to resume"
+                f"{paths.root} was made with other settings of finished stages (preset "
+                f"{saved_preset!r}): {', '.join(frozen)}; choose another --out, or resume "
+                "with the same settings"
             )
+        preset_name = saved_preset if not changed else preset_name
     elif paths.root.is_dir() and any(paths.root.iterdir()):
         raise ValueError(f"{paths.root}: not empty and not a pipeline run folder; nothing written")
     paths.root.mkdir(parents=True, exist_ok=True)
@@ -85,6 +102,11 @@ def prepare_run(out: str | Path, config: PipelineConfig, preset_name: str) -> Ru
         config_file, {"type": "PipelineConfig", "preset": preset_name, **to_dict(config)}
     )
     return paths
+
+
+def finished_stages(paths: RunPaths) -> dict:
+    stages_file = paths.root / "stages.json"
+    return read_json(stages_file, "stage record") if stages_file.exists() else {}
 
 
 def run_pipeline(
@@ -98,7 +120,7 @@ def run_pipeline(
     """Run the unfinished stages; ``cluster`` (``RaySettings``) puts collect and C on Ray."""
     paths = prepare_run(out, config, preset_name)
     stages_file = paths.root / "stages.json"
-    done = read_json(stages_file, "stage record") if stages_file.exists() else {}
+    done = finished_stages(paths)
     for stage in STAGES:
         if stage in done:
             log(f"[{stage}] done already ({done[stage]['seconds']:.0f} s), skipped")

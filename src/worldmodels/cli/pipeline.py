@@ -22,18 +22,29 @@ def add_arguments(p) -> None:
         "carracing-dream: laptop-scale CarRacing with C trained in M's dream",
     )
     p.add_argument("--out", required=True, help="run folder (created, or resumed)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="change one setting of the preset, e.g. --set controller.rollouts=8 --set "
+        "collect.policy=random_weights (sections: collect, vae, mdrnn, controller, evaluate, "
+        "dream); repeatable; saved in the run's config.json. On resume, settings of unfinished "
+        "stages may change, those of finished stages may not",
+    )
     add_ray_arguments(p)
     p.add_argument("--no-progress", action="store_true")
 
 
 def run(args) -> int:
-    from worldmodels.config import preset
+    from worldmodels.config import apply_overrides, preset
     from worldmodels.pipeline import run_pipeline
 
     paths = run_pipeline(
-        preset(args.preset),
+        apply_overrides(preset(args.preset), args.overrides),
         args.out,
-        preset_name=args.preset,
+        preset_name=" ".join([args.preset, *(f"--set {o}" for o in args.overrides)]),
         progress=not args.no_progress,
         cluster=ray_settings(args),
     )

@@ -1,10 +1,10 @@
 """Evolve C with CMA-ES on real environments through the batched rollout engine.
 
 Fitness of a candidate = mean return over ``rollouts`` episodes. All candidates of one
-generation play the same ``rollouts`` seeds (common random numbers: a fairer ranking for the
-same cost; EnvPool ignores per-episode seeds). Every ``eval_every`` generations the
-distribution mean plays ``eval_episodes`` fixed seeds with no early stop; the best of those
-means is ``best.npy``, what ``Agent.load`` and ``evaluate`` use.
+generation play the same ``rollouts`` seeds, on either backend (common random numbers: the
+ranking compares controllers, not track luck). Every ``eval_every`` generations the
+distribution mean plays ``eval_episodes`` fixed selection seeds with no early stop; the best of
+those means is ``best.npy``, what ``Agent.load`` and ``evaluate`` use.
 """
 
 from __future__ import annotations
@@ -47,9 +47,26 @@ class ControllerSummary:
         )
 
 
+# Training tracks are seeds in [2**30, 2**31) (gymnasium wants < 2**31); selection (the
+# mean-evals, ControllerConfig.eval_seed) and scoring (EvalConfig.seed) use small seeds, so
+# no track used for training is ever used to choose best.npy or to score it.
+TRAIN_SEED_BASE = 2**30
+
+
 def generation_seeds(seed: int, generation: int, rollouts: int) -> list[int]:
+    """The ``rollouts`` tracks every candidate of ``generation`` plays (common random numbers)."""
     state = np.random.SeedSequence([seed, generation]).generate_state(rollouts)
-    return [int(s >> 1) for s in state]  # gymnasium wants seeds < 2**31
+    return [TRAIN_SEED_BASE + int(s >> 2) for s in state]
+
+
+def generation_jobs(config: ControllerConfig, generation: int, popsize: int):
+    """(candidate, seed) jobs, candidate-major: ``rollouts`` per candidate, on the same seeds
+    for every candidate with ``common_seeds``, else on seeds of each candidate's own."""
+    if config.common_seeds:
+        seeds = generation_seeds(config.seed, generation, config.rollouts)
+        return [(c, s) for c in range(popsize) for s in seeds]
+    seeds = generation_seeds(config.seed, generation, popsize * config.rollouts)
+    return [(j // config.rollouts, s) for j, s in enumerate(seeds)]
 
 
 def save_params(path: Path, params: np.ndarray) -> None:
@@ -87,8 +104,7 @@ def train_controller(
     engine = make_engine(config, policy, vae_path, mdrnn_path, cluster)
 
     def fitness(population: np.ndarray, generation: int):
-        seeds = generation_seeds(config.seed, generation, config.rollouts)
-        jobs = [(c, s) for c in range(len(population)) for s in seeds]
+        jobs = generation_jobs(config, generation, len(population))
         result = engine.run(population, jobs, early_stop=config.early_stop)
         return result.returns.reshape(len(population), config.rollouts).mean(1), result.env_steps
 

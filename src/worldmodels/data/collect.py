@@ -2,8 +2,8 @@
 
 Every environment slot runs episodes back to back: when its episode ends, the slot is written
 out and immediately starts the next missing episode, so no slot waits for the slowest one.
-Episode ``i`` is seeded ``seed + i`` (on either backend) and its policy draws from a generator seeded
-by ``(seed, i)``; a killed run started again collects only the episodes still missing. With
+Episode ``i`` is seeded ``seed + i`` (on either backend) and its policy draws from a generator
+seeded by ``(seed, i)``; a killed run started again collects only the episodes still missing. With
 ``min_length`` (Doom: the paper drops episodes of <= 100 frames), an episode that ends sooner
 is not written and its index is played again with a seed drawn from ``(seed, i, try)``.
 """

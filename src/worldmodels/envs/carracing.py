@@ -274,7 +274,9 @@ class EnvPoolCarRacing(VecCarRacing):
         out = {}
         for pool, slots, local in groups:
             obs, r, te, tr, info = pool.recv()
-            for i, o, *rest in zip(slots, *self._in_order(local, info, obs, r, te, tr), strict=True):
+            for i, o, *rest in zip(
+                slots, *self._in_order(local, info, obs, r, te, tr), strict=True
+            ):
                 out[int(i)] = (o, *rest)
         obs, r, te, tr = zip(*(out[int(i)] for i in ids), strict=True)
         return np.stack(obs), np.asarray(r, np.float32), np.asarray(te, bool), np.asarray(tr, bool)
