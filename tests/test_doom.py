@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 
 import numpy as np
@@ -12,7 +13,7 @@ from worldmodels.cli import main
 from worldmodels.config import CollectConfig
 from worldmodels.controller.model import ControllerSpec, controller_actions, doom_direction
 from worldmodels.data.policies import DoomRandomPolicy
-from worldmodels.data.store import EpisodeStore
+from worldmodels.data.store import EpisodeStore, StoreError
 from worldmodels.envs.carracing import make_vec_env
 from worldmodels.envs.doom import (
     VecDoom,
@@ -51,6 +52,28 @@ def test_a_real_takecover_episode():
         _, _, stay = play(env, lambda t: np.array([[0.2]]), seed=3, limit=20)
         assert np.abs(left[19].astype(int) - right[19]).mean() > 5
         assert np.abs(stay[19].astype(int) - left[19]).mean() > 1
+
+
+@pytest.mark.parametrize(
+    ("action", "pressed"),
+    [
+        (-0.9, {"MOVE_LEFT"}),
+        (-0.34, {"MOVE_LEFT"}),
+        (0.0, set()),
+        (0.3, set()),
+        (0.9, {"MOVE_RIGHT"}),
+    ],
+)
+def test_each_action_presses_the_papers_button_in_the_game(action, pressed):
+    """Read back from ViZDoom which buttons a step pressed (the bug: -0.9 pressed nothing and
+    0.0 pressed MOVE_LEFT, while the views of the three still differed)."""
+    with VecDoom(num_envs=1, max_steps=50, workers=0) as env:
+        env.reset(seeds=[5])
+        env.step(np.array([[action]], np.float32))
+        game = env._pool.local[0].env.unwrapped.game
+        names = [b.name for b in game.get_available_buttons()]
+        last = game.get_last_action()
+        assert {n for n, v in zip(names, last, strict=True) if v} == pressed
 
 
 def test_the_step_limit_truncates_and_slots_stay_apart():
@@ -121,6 +144,19 @@ def test_collect_doom_through_the_usual_collector(tmp_path, capsys):
         assert ep["terminated"][-1] or ep["truncated"][-1]
     with pytest.raises(ValueError, match="drives CarRacing"):
         CollectConfig(env="doom", backend="gymnasium", policy="brownian").validate()
+    # a store written before the button fix (no encoding recorded) is refused by every reader
+    # and by a resumed collection, naming the store
+    assert store.manifest["identity"]["action_encoding"] == 2
+    manifest = json.loads((out / "manifest.json").read_text())
+    del manifest["identity"]["action_encoding"]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(StoreError, match=f"{out}: doom actions written with encoding none"):
+        EpisodeStore(out)
+    capsys.readouterr()
+    assert main(["train-vae", "--store", str(out), "--out", str(tmp_path / "v")]) == 2
+    assert "encoding none recorded (written before the Doom button fix)" in capsys.readouterr().err
+    assert main([*args[:-1], "3", *more]) == 2
+    assert "action_encoding" in capsys.readouterr().err
 
 
 def test_short_episodes_are_dropped_and_replayed_with_new_seeds(tmp_path):

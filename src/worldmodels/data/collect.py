@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from worldmodels.config import CollectConfig, to_dict
 from worldmodels.data.policies import make_policy
-from worldmodels.data.store import StoreWriter
+from worldmodels.data.store import ACTION_ENCODINGS, StoreWriter
 from worldmodels.envs.carracing import env_id_for, make_vec_env, resolve_backend
 from worldmodels.utils.device import torch_threads
 
@@ -80,6 +80,11 @@ def store_identity(config: CollectConfig, backend: str) -> dict:
         "seed": config.seed,
         "frame_shape": [64, 64, 3],
         **({"min_length": config.min_length} if config.min_length else {}),
+        **(
+            {"action_encoding": ACTION_ENCODINGS[config.env]}
+            if config.env in ACTION_ENCODINGS
+            else {}
+        ),
     }
 
 

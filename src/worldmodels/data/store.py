@@ -196,6 +196,26 @@ class Episode:
         self._arrays.clear()
 
 
+# What a stored action means, per env. Doom 2: C's output < -1/3 pressed MOVE_LEFT, > 1/3
+# MOVE_RIGHT, else nothing. Doom stores without the field were written before that fix, when
+# < -1/3 pressed nothing and the middle band pressed MOVE_LEFT: their actions mean otherwise.
+ACTION_ENCODINGS = {"doom": 2}
+
+
+def check_action_encoding(path: Path, identity: dict) -> None:
+    """Refuse a store whose actions were written with an encoding this version does not use."""
+    env = identity.get("env")
+    if env not in ACTION_ENCODINGS:
+        return
+    found, wanted = identity.get("action_encoding"), ACTION_ENCODINGS[env]
+    if found != wanted:
+        written = "none recorded (written before the Doom button fix)" if found is None else found
+        raise StoreError(
+            f"{path}: {env} actions written with encoding {written}; this version reads "
+            f"encoding {wanted} only: collect the episodes again (and encode, train M again)"
+        )
+
+
 class EpisodeStore:
     """Read access to a store folder: ``len(store)`` episodes, ``store[i]`` the i-th episode.
 
@@ -212,6 +232,7 @@ class EpisodeStore:
             raise StoreError(f"{self.path}: no such store folder")
         self.manifest = load_manifest(self.path)
         self.kind = self.manifest["kind"]
+        check_action_encoding(self.path, self.manifest.get("identity", {}))
         self._cache: OrderedDict[int, Episode] = OrderedDict()
         self._cache_size = cache_size
         self.files: list[Path] = []

@@ -58,19 +58,33 @@ def preprocess_doom_frames(frames: np.ndarray) -> np.ndarray:
 
 
 class _Game:
-    """One TakeCover game and the indices of its (stay, left, right) buttons."""
+    """One TakeCover game; ``buttons[direction + 1]`` is the wrapper's action that presses
+    MOVE_LEFT alone (direction -1), nothing (0) or MOVE_RIGHT alone (+1)."""
 
     def __init__(self, max_steps: int):
         import gymnasium as gym
         import vizdoom.gymnasium_wrapper  # noqa: F401  (registers the Vizdoom* ids)
 
         self.env = gym.make(ENV_ID, max_episode_steps=max_steps)
-        # the wrapper's button map lists combinations of (left, right)
-        table = [tuple(int(b) for b in combo) for combo in self.env.unwrapped.button_map]
-        self.buttons = np.array([table.index(c) for c in ((0, 0), (1, 0), (0, 1))], np.int64)
+        self.buttons = np.array(direction_actions(self.env.unwrapped), np.int64)
 
     def close(self) -> None:
         self.env.close()
+
+
+def direction_actions(wrapper) -> list[int]:
+    """The wrapper's discrete actions for directions -1, 0, +1 (left, stay, right), found by
+    the buttons' names: the order of ``button_map`` and of the buttons is the scenario's."""
+    names = [b.name for b in wrapper.game.get_available_buttons()]
+    table = [tuple(int(v) for v in combo) for combo in wrapper.button_map]
+
+    def pressing(*pressed: str) -> int:
+        combo = tuple(int(name in pressed) for name in names)
+        if combo not in table:
+            raise RuntimeError(f"ViZDoom offers no action pressing {pressed or 'nothing'}: {table}")
+        return table.index(combo)
+
+    return [pressing("MOVE_LEFT"), pressing(), pressing("MOVE_RIGHT")]
 
 
 def _play(game: _Game, cmd: str, arg):
