@@ -12,7 +12,12 @@ from worldmodels.config import ControllerConfig, EvalConfig
 from worldmodels.controller.model import MODES, ControllerSpec, check_params, controller_actions
 from worldmodels.controller.policy import WorldModelPolicy
 from worldmodels.controller.rollout import RolloutEngine
-from worldmodels.controller.train import TRAIN_SEED_BASE, generation_jobs, generation_seeds
+from worldmodels.controller.train import (
+    TRAIN_SEED_BASE,
+    generation_jobs,
+    generation_seeds,
+    make_env_groups,
+)
 from worldmodels.envs.carracing import envpool_available, make_vec_env
 from worldmodels.evolution.cmaes import STATE, ESSettings, run_es
 from worldmodels.memory.mdrnn import MDNRNN
@@ -61,6 +66,9 @@ def test_check_params_names_the_source():
         check_params(np.full(867, np.nan), spec)
 
 
+needs_envpool = pytest.mark.skipif(not envpool_available(), reason="envpool not installed")
+
+
 def make_policy(spec=None):
     torch.manual_seed(0)
     return WorldModelPolicy(ConvVAE(), MDNRNN(), spec or ControllerSpec())
@@ -82,7 +90,7 @@ def test_candidates_side_by_side_match_each_alone():
     assert len(set(np.round(together.returns, 3))) > 1  # the candidates really differ
 
 
-@pytest.mark.skipif(not envpool_available(), reason="envpool not installed")
+@needs_envpool
 def test_all_candidates_of_a_generation_play_the_same_tracks_on_envpool():
     """Common random numbers where training runs: equal candidates score equally on each of
     the generation's seeds (slots reused mid-run included), and the seeds are different tracks."""
@@ -113,6 +121,28 @@ def test_training_selection_and_scoring_seeds_never_meet():
     scoring = set(range(EvalConfig().seed, EvalConfig().seed + 100))
     assert not train & selection and not train & scoring and not selection & scoring
     assert min(train) >= TRAIN_SEED_BASE
+
+
+@pytest.mark.parametrize("backend", ["gymnasium", pytest.param("envpool", marks=needs_envpool)])
+def test_overlapped_engine_gives_the_synchronous_engines_returns(backend):
+    """Two env groups stepped in turn (networks of one while the other's envs run) play the
+    same episodes as one synchronous batch: same jobs, same seeds, same returns and lengths."""
+    policy = make_policy()
+    params = np.random.default_rng(3).standard_normal((3, policy.spec.num_params)) * 0.5
+    jobs = [(c, s) for c in range(3) for s in (21, 22)]
+    sync = RolloutEngine(policy, make_env_groups(backend, 4, 40, groups=1, workers=2))
+    overlapped = RolloutEngine(policy, make_env_groups(backend, 4, 40, groups=2, workers=1))
+    try:
+        a = sync.run(params, jobs, early_stop=25)
+        b = overlapped.run(params, jobs, early_stop=25)
+    finally:
+        sync.close()
+        overlapped.close()
+    assert len(overlapped.groups) == 2 and [g.num_envs for g in overlapped.groups] == [2, 2]
+    np.testing.assert_allclose(b.returns, a.returns, atol=1e-3)
+    np.testing.assert_array_equal(b.lengths, a.lengths)
+    assert a.env_steps == b.env_steps == a.lengths.sum()
+    assert len(set(np.round(a.returns, 3))) > 2
 
 
 def test_early_stop_ends_hopeless_episodes():

@@ -162,14 +162,14 @@ def test_collect_doom_through_the_usual_collector(tmp_path, capsys):
 def test_short_episodes_are_dropped_and_replayed_with_new_seeds(tmp_path):
     from worldmodels.data.collect import collect, pool_seed
 
-    config = CollectConfig.for_env("doom", episodes=4, max_steps=300, num_envs=2, min_length=150)
+    config = CollectConfig.for_env("doom", episodes=4, max_steps=400, num_envs=2, min_length=300)
     assert config.policy == "doom_random" and config.backend == "auto"
     summary = collect(config, str(tmp_path / "a"), progress=False)
     assert summary.backend == "gymnasium"
     store = EpisodeStore(tmp_path / "a")
-    assert store.manifest["identity"]["min_length"] == 150
+    assert store.manifest["identity"]["min_length"] == 300
     metas = [store[i].meta for i in range(4)]
-    assert all(m["length"] >= 150 for m in metas)
+    assert all(m["length"] >= 300 for m in metas)
     assert sum(m["dropped_before"] for m in metas) > 0  # random play often dies sooner
     for i, m in enumerate(metas):
         tries = m["dropped_before"]

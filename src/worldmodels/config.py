@@ -185,6 +185,9 @@ class ControllerConfig:
     # every candidate of a generation plays the same tracks (common random numbers); False:
     # each candidate its own (the 2018 code's behaviour on a pool of unseeded environments)
     common_seeds: bool = True
+    # the environments in this many batches stepped in turn, so that one batch's networks run
+    # while the others' environments step (benchmarks/rollout.py); 1: the synchronous engine
+    env_groups: int = 2
     device: str = "auto"
     seed: int = 0
 
@@ -196,6 +199,7 @@ class ControllerConfig:
             "eval_episodes",
             "num_envs",
             "max_steps",
+            "env_groups",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")

@@ -30,11 +30,19 @@ class RolloutResult:
 
 
 class RolloutEngine:
-    """Runs controller candidates in a batch of environments through V, M and C."""
+    """Runs controller candidates in batches of environments through V, M and C.
 
-    def __init__(self, policy: WorldModelPolicy, env: VecCarRacing):
+    ``env`` is one batch, or a list of batches (groups) stepped in turn so that the networks
+    and the environments overlap: while one group's environments step (EnvPool threads or
+    gymnasium worker processes), the actions of the next group are computed. One group is
+    the synchronous engine (environments, then networks, then environments ...).
+    """
+
+    def __init__(self, policy: WorldModelPolicy, env: VecCarRacing | Sequence[VecCarRacing]):
         self.policy = policy
-        self.env = env
+        self.groups = list(env) if isinstance(env, list | tuple) else [env]
+        self.env = self.groups[0] if len(self.groups) == 1 else None
+        self.offsets = np.cumsum([0] + [g.num_envs for g in self.groups])
 
     def run(
         self,
@@ -48,64 +56,83 @@ class RolloutEngine:
         ``early_stop``: end an episode after this many steps without a positive reward, a
         training-only shortcut (hopeless episodes end early and keep what they scored);
         evaluation never uses it. ``on_episode(job, return)`` is called as each episode ends.
+        An episode's course depends only on its job (seeded track and noise, its own LSTM
+        state), not on the slot, the group or what runs beside it.
         """
         params = np.asarray(params, dtype=np.float32)
         if params.ndim != 2 or params.shape[1] != self.policy.spec.num_params:
             raise ValueError(
                 f"expected params (candidates, {self.policy.spec.num_params}), got {params.shape}"
             )
-        n = self.env.num_envs
+        n = int(self.offsets[-1])
         params_t = torch.as_tensor(params, device=self.policy.device)
         returns = np.zeros(len(jobs), np.float64)
         lengths = np.zeros(len(jobs), np.int64)
-        job_of = np.full(n, -1)
+        job_of = np.full(n, -1)  # global slot -> its job (-1: idle)
         since_reward = np.zeros(n, np.int64)
         queue = list(range(len(jobs)))
         self.policy.reset(n)
         env_steps, start = 0, time.perf_counter()
 
-        def assign(slots: np.ndarray) -> np.ndarray:
-            """Give each slot its next job; returns the mask of slots to reset."""
-            mask = np.zeros(n, bool)
-            seeds: list[int | None] = [None] * n
-            for s in slots:
-                if queue:
-                    j = queue.pop(0)
-                    job_of[s], since_reward[s], mask[s] = j, 0, True
-                    seeds[s] = jobs[j][1]
-                else:
-                    job_of[s] = -1
+        def start_jobs(g: int, local: np.ndarray) -> np.ndarray:
+            """Give group g's slots ``local`` their next jobs and reset those; returns obs."""
+            env, offset = self.groups[g], self.offsets[g]
+            mask = np.zeros(env.num_envs, bool)
+            seeds: list[int | None] = [None] * env.num_envs
+            for s in local:
+                job_of[offset + s] = queue.pop(0) if queue else -1
+                if job_of[offset + s] >= 0:
+                    mask[s], since_reward[offset + s] = True, 0
+                    seeds[s] = jobs[job_of[offset + s]][1]
             ids = np.flatnonzero(mask)
             if ids.size:
-                self.policy.start(ids, [seeds[s] for s in ids])
-            return mask, seeds
+                self.policy.start(offset + ids, [seeds[s] for s in ids])
+            return env.reset(mask=mask, seeds=seeds)
 
-        mask, seeds = assign(np.arange(n))
-        obs = self.env.reset(mask=mask, seeds=seeds)
-        while (job_of >= 0).any():
-            active = job_of >= 0
-            ids = np.flatnonzero(active)
-            candidates = np.array([jobs[j][0] for j in job_of[ids]])
-            actions = np.zeros((n, self.policy.spec.action_size), np.float32)
-            actions[ids], _ = self.policy.act(obs[ids], ids, params_t[candidates])
-            result = self.env.step(actions, active)
+        def send(g: int, obs: np.ndarray) -> bool:
+            """Compute group g's actions and start its step; False when it has nothing left."""
+            env, offset = self.groups[g], self.offsets[g]
+            local = np.flatnonzero(job_of[offset : offset + env.num_envs] >= 0)
+            if not local.size:
+                return False
+            candidates = np.array([jobs[j][0] for j in job_of[offset + local]])
+            actions = np.zeros((env.num_envs, self.policy.spec.action_size), np.float32)
+            actions[local], _ = self.policy.act(obs[local], offset + local, params_t[candidates])
+            active = np.zeros(env.num_envs, bool)
+            active[local] = True
+            env.step_async(actions, active)
+            return True
+
+        in_flight = []
+        for g, env in enumerate(self.groups):
+            obs = start_jobs(g, np.arange(env.num_envs))
+            if send(g, obs):
+                in_flight.append(g)
+        while in_flight:
+            g = in_flight.pop(0)
+            env, offset = self.groups[g], self.offsets[g]
+            result = env.step_wait()
+            slots = offset + np.arange(env.num_envs)
+            active = job_of[slots] >= 0
+            ids = slots[active]
             env_steps += ids.size
-            returns[job_of[ids]] += result.reward[ids]
+            returns[job_of[ids]] += result.reward[active]
             lengths[job_of[ids]] += 1
-            since_reward[ids] = np.where(result.reward[ids] > 0, 0, since_reward[ids] + 1)
+            since_reward[ids] = np.where(result.reward[active] > 0, 0, since_reward[ids] + 1)
             ended = (result.terminated | result.truncated) & active
             if early_stop is not None:
-                ended |= active & (since_reward >= early_stop)
+                ended |= active & (since_reward[slots] >= early_stop)
             obs = result.obs
             if ended.any():
                 finished = np.flatnonzero(ended)
                 if on_episode is not None:
                     for s in finished:
-                        on_episode(int(job_of[s]), float(returns[job_of[s]]))
-                mask, seeds = assign(finished)
-                if mask.any():
-                    obs = self.env.reset(mask=mask, seeds=seeds)
+                        on_episode(int(job_of[offset + s]), float(returns[job_of[offset + s]]))
+                obs = start_jobs(g, finished)
+            if send(g, obs):
+                in_flight.append(g)
         return RolloutResult(returns, lengths, env_steps, time.perf_counter() - start)
 
     def close(self) -> None:
-        self.env.close()
+        for env in self.groups:
+            env.close()

@@ -167,14 +167,36 @@ def make_engine(config: ControllerConfig, policy: WorldModelPolicy, vae_path, md
             max_steps=config.max_steps,
             seed=config.seed,
         )
-    env = make_vec_env(
-        backend=config.backend,
-        num_envs=config.num_envs,
-        max_steps=config.max_steps,
-        seed=config.seed,
-        workers=config.workers,
+    groups = make_env_groups(
+        config.backend, config.num_envs, config.max_steps, config.env_groups, config.workers
     )
-    return RolloutEngine(policy, env)
+    return RolloutEngine(policy, groups)
+
+
+def make_env_groups(
+    backend: str, num_envs: int, max_steps: int, groups: int, workers: int | None = None
+) -> list:
+    """``num_envs`` environments in ``groups`` batches that the engine steps in turn (the
+    networks of one group run while the others' environments step); 1 = synchronous."""
+    groups = max(1, min(groups, num_envs))
+    sizes = [len(range(g, num_envs, groups)) for g in range(groups)]
+    made = []
+    try:
+        for size in sizes:
+            made.append(
+                make_vec_env(
+                    backend=backend,
+                    num_envs=size,
+                    max_steps=max_steps,
+                    workers=workers,
+                    quiet=bool(made),
+                )
+            )
+    except BaseException:
+        for env in made:
+            env.close()
+        raise
+    return made
 
 
 def write_controller_json(

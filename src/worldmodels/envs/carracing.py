@@ -112,24 +112,44 @@ class VecCarRacing:
 
     def step(self, actions: np.ndarray, active: np.ndarray | None = None) -> StepResult:
         """Step with ``actions`` (N, 3); slots outside ``active`` are left as they were."""
+        self.step_async(actions, active)
+        return self.step_wait()
+
+    def step_async(self, actions: np.ndarray, active: np.ndarray | None = None) -> None:
+        """Start a step (see ``step``); the environments run while the caller does other
+        work, and ``step_wait`` returns the result. One step in flight at a time."""
         actions = np.asarray(actions, dtype=np.float32)
         if actions.shape != (self.num_envs, 3):
             raise ValueError(f"expected actions of shape ({self.num_envs}, 3), got {actions.shape}")
+        if getattr(self, "_in_flight", None) is not None:
+            raise RuntimeError("step_async called twice without step_wait")
         actions = np.clip(actions, ACTION_LOW, ACTION_HIGH)
         active = np.ones(self.num_envs, bool) if active is None else np.asarray(active, bool)
+        ids = np.flatnonzero(active)
+        if ids.size:
+            self._send_ids(ids, actions)
+        self._in_flight = ids
+
+    def step_wait(self) -> StepResult:
+        ids, self._in_flight = self._in_flight, None
+        if ids is None:
+            raise RuntimeError("step_wait called with no step in flight")
         reward = np.zeros(self.num_envs, np.float32)
         terminated = np.zeros(self.num_envs, bool)
         truncated = np.zeros(self.num_envs, bool)
-        if active.any():
-            ids = np.flatnonzero(active)
-            obs, r, te, tr = self._step_ids(ids, actions)
+        if ids.size:
+            obs, r, te, tr = self._receive_ids(ids)
             self._obs[ids], reward[ids], terminated[ids], truncated[ids] = obs, r, te, tr
         return StepResult(self._obs.copy(), reward, terminated, truncated)
 
     def _reset_ids(self, ids: np.ndarray, seeds):
         raise NotImplementedError
 
-    def _step_ids(self, ids: np.ndarray, actions: np.ndarray):
+    def _send_ids(self, ids: np.ndarray, actions: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def _receive_ids(self, ids: np.ndarray):
+        """(obs, reward, terminated, truncated) of the step sent to ``ids``, in ids' order."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -177,8 +197,11 @@ class GymnasiumCarRacing(VecCarRacing):
         out = self._pool.run("reset", items)
         return np.stack([out[int(i)] for i in ids])
 
-    def _step_ids(self, ids, actions):
-        out = self._pool.run("step", {int(i): actions[i] for i in ids})
+    def _send_ids(self, ids, actions):
+        self._pending = self._pool.send("step", {int(i): actions[i] for i in ids})
+
+    def _receive_ids(self, ids):
+        out = self._pool.receive(self._pending)
         obs, r, te, tr = zip(*(out[int(i)] for i in ids), strict=True)
         return np.stack(obs), np.asarray(r, np.float32), np.asarray(te, bool), np.asarray(tr, bool)
 
@@ -267,12 +290,14 @@ class EnvPoolCarRacing(VecCarRacing):
                 obs[[where[int(i)] for i in slots]] = self._in_order(local, info, new)[0]
         return obs
 
-    def _step_ids(self, ids, actions):
-        groups = list(self._groups(ids))
-        for pool, slots, local in groups:
+    def _send_ids(self, ids, actions):
+        self._sent = list(self._groups(ids))
+        for pool, slots, local in self._sent:
             pool.send(actions[slots], local)
+
+    def _receive_ids(self, ids):
         out = {}
-        for pool, slots, local in groups:
+        for pool, slots, local in self._sent:
             obs, r, te, tr, info = pool.recv()
             for i, o, *rest in zip(
                 slots, *self._in_order(local, info, obs, r, te, tr), strict=True

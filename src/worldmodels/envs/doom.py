@@ -138,6 +138,11 @@ class VecDoom:
 
     def step(self, actions: np.ndarray, active: np.ndarray | None = None) -> StepResult:
         """Step the ``active`` games with C's outputs ``actions`` (N,) or (N, k), column 0 read."""
+        self.step_async(actions, active)
+        return self.step_wait()
+
+    def step_async(self, actions: np.ndarray, active: np.ndarray | None = None) -> None:
+        """Start a step; the games run in their workers until ``step_wait``."""
         actions = np.asarray(actions, dtype=np.float32)
         if actions.ndim not in (1, 2) or actions.shape[0] != self.num_envs:
             raise ValueError(
@@ -146,12 +151,19 @@ class VecDoom:
             )
         direction = doom_direction(actions)
         active = np.ones(self.num_envs, bool) if active is None else np.asarray(active, bool)
+        ids = np.flatnonzero(active)
+        sent = (
+            self._pool.send("step", {int(i): int(direction[i]) for i in ids}) if ids.size else None
+        )
+        self._in_flight = (ids, sent)
+
+    def step_wait(self) -> StepResult:
+        (ids, sent), self._in_flight = self._in_flight, None
         reward = np.zeros(self.num_envs, np.float32)
         terminated = np.zeros(self.num_envs, bool)
         truncated = np.zeros(self.num_envs, bool)
-        ids = np.flatnonzero(active)
         if ids.size:
-            out = self._pool.run("step", {int(i): int(direction[i]) for i in ids})
+            out = self._pool.receive(sent)
             obs, r, te, tr = zip(*(out[int(i)] for i in ids), strict=True)
             self._obs[ids] = np.stack(obs)
             reward[ids], terminated[ids], truncated[ids] = r, te, tr

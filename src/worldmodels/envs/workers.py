@@ -70,6 +70,10 @@ class EnvWorkers:
 
     def run(self, cmd: str, items: dict[int, object]) -> dict[int, object]:
         """Send ``cmd`` for each env id in ``items``, grouped by worker; gather the answers."""
+        return self.receive(self.send(cmd, items))
+
+    def send(self, cmd: str, items: dict[int, object]):
+        """Start ``cmd`` on the workers (they run while the caller goes on); ``receive`` it."""
         if not self.conns:
             return {i: self.play(self.local[i], cmd, x) for i, x in items.items()}
         by_worker: dict[int, list[int]] = {}
@@ -80,8 +84,14 @@ class EnvWorkers:
                 self.conns[w].send((cmd, [(i // self.workers, items[i]) for i in ids]))
             except (BrokenPipeError, ConnectionResetError):
                 self._worker_died(w)
+        return by_worker
+
+    def receive(self, sent) -> dict[int, object]:
+        """The answers to a ``send``, by env id."""
+        if not self.conns:
+            return sent  # played in this process already
         out = {}
-        for w, ids in by_worker.items():
+        for w, ids in sent.items():
             out.update(zip(ids, self._receive(w), strict=True))
         return out
 
