@@ -18,7 +18,7 @@ import tempfile
 
 from worldmodels.config import CollectConfig
 from worldmodels.data.collect import collect
-from worldmodels.envs.carracing import envpool_available
+from worldmodels.envs import envpool_available
 
 
 def cpu_seconds() -> float:

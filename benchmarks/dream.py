@@ -53,7 +53,7 @@ def real_rates(num_envs: int, steps: int) -> tuple[float, float]:
     """(bare ViZDoom steps/s with random actions, full V+M+C agent steps/s), both batched."""
     from worldmodels.controller.policy import WorldModelPolicy
     from worldmodels.controller.rollout import RolloutEngine
-    from worldmodels.envs.carracing import make_vec_env
+    from worldmodels.envs import make_vec_env
     from worldmodels.vision.vae import ConvVAE
 
     rng = np.random.default_rng(0)

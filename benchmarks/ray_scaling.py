@@ -46,7 +46,7 @@ def time_local(models, params, jobs, steps, num_envs, backend) -> float:
     from worldmodels.controller.model import ControllerSpec
     from worldmodels.controller.policy import WorldModelPolicy
     from worldmodels.controller.rollout import RolloutEngine
-    from worldmodels.envs.carracing import make_vec_env
+    from worldmodels.envs import make_vec_env
     from worldmodels.memory.train import load_mdrnn
     from worldmodels.utils.device import pick_device
     from worldmodels.vision.train import load_vae
@@ -106,7 +106,7 @@ def main() -> None:
 
     import ray
 
-    from worldmodels.envs.carracing import resolve_backend
+    from worldmodels.envs import resolve_backend
 
     backend = resolve_backend(args.backend, quiet=True)
     cpus = len(os.sched_getaffinity(0))

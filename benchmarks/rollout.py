@@ -35,7 +35,7 @@ def build_policy():
 def naive_worker(steps: int, queue) -> None:
     """One env, one frame at a time through V, M, C (as the 2018 loop)."""
     torch.set_num_threads(1)
-    from worldmodels.envs.carracing import make_vec_env
+    from worldmodels.envs import make_vec_env
 
     policy = build_policy()
     params = torch.zeros(1, policy.spec.num_params)
@@ -83,7 +83,7 @@ def engine(steps: int, num_envs: int, backend: str, groups: int) -> float:
 
 
 def main() -> None:
-    from worldmodels.envs.carracing import resolve_backend
+    from worldmodels.envs import resolve_backend
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=300, help="steps per episode")

@@ -127,7 +127,7 @@ def make_stores(root: Path, sizes: list[int]) -> dict[int, Path]:
     from worldmodels.config import CollectConfig
     from worldmodels.data.collect import collect
     from worldmodels.data.store import EpisodeStore, StoreWriter
-    from worldmodels.envs.carracing import envpool_available
+    from worldmodels.envs import envpool_available
 
     backend = "envpool" if envpool_available() else "gymnasium"
     base = root / f"eps{min(sizes)}"

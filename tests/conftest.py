@@ -7,7 +7,7 @@ import torch
 
 from worldmodels.config import CollectConfig
 from worldmodels.data.collect import collect
-from worldmodels.envs.carracing import envpool_available
+from worldmodels.envs import envpool_available
 
 torch.set_num_threads(2)
 

@@ -18,7 +18,7 @@ from worldmodels.controller.train import (
     generation_seeds,
     make_env_groups,
 )
-from worldmodels.envs.carracing import envpool_available, make_vec_env
+from worldmodels.envs import envpool_available, make_vec_env
 from worldmodels.evolution.cmaes import STATE, ESSettings, run_es
 from worldmodels.memory.mdrnn import MDNRNN
 from worldmodels.vision.vae import ConvVAE

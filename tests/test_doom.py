@@ -14,7 +14,7 @@ from worldmodels.config import CollectConfig
 from worldmodels.controller.model import ControllerSpec, controller_actions, doom_direction
 from worldmodels.data.policies import DoomRandomPolicy
 from worldmodels.data.store import EpisodeStore, StoreError
-from worldmodels.envs.carracing import make_vec_env
+from worldmodels.envs import make_vec_env
 from worldmodels.envs.doom import (
     VecDoom,
     VizdoomMissingError,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from worldmodels.envs.carracing import envpool_available, make_vec_env, resolve_backend
+from worldmodels.envs import envpool_available, make_vec_env, resolve_backend
 from worldmodels.envs.preprocess import preprocess_frames
 
 needs_envpool = pytest.mark.skipif(not envpool_available(), reason="envpool not installed")

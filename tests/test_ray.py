@@ -27,7 +27,7 @@ from worldmodels.distributed.cluster import (
     code_fingerprint,
     settings_from_flag,
 )
-from worldmodels.envs.carracing import make_vec_env
+from worldmodels.envs import make_vec_env
 from worldmodels.memory.mdrnn import MDNRNN
 from worldmodels.memory.train import load_mdrnn, save_mdrnn
 from worldmodels.vision.train import load_vae, save_vae

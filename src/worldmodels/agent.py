@@ -104,7 +104,7 @@ class Agent:
 
 def _preprocessor(env: str):
     """The raw-frame preprocessing of the game an agent plays."""
-    from worldmodels.envs.carracing import env_id_for
+    from worldmodels.envs import env_id_for
 
     env_id_for(env)  # unknown names are an error naming the choices
     if env == "doom":

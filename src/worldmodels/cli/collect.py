@@ -5,7 +5,7 @@ from __future__ import annotations
 from worldmodels.cli import add_ray_arguments, positive_int, ray_settings
 from worldmodels.config import CollectConfig
 from worldmodels.data.policies import POLICIES
-from worldmodels.envs.carracing import BACKENDS, ENV_IDS
+from worldmodels.envs import BACKENDS, ENV_IDS
 
 NAME = "collect"
 HELP = "Collect exploration rollouts into an episode store (resumable)."

@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from worldmodels.agent import Agent
 from worldmodels.controller.rollout import RolloutEngine
-from worldmodels.envs.carracing import DEFAULT_MAX_STEPS, env_id_for, make_vec_env
+from worldmodels.envs import DEFAULT_MAX_STEPS, env_id_for, make_vec_env
 from worldmodels.utils.io import atomic_write_json
 
 

@@ -19,7 +19,7 @@ from worldmodels.config import ControllerConfig, save_config
 from worldmodels.controller.model import ControllerSpec
 from worldmodels.controller.policy import WorldModelPolicy
 from worldmodels.controller.rollout import RolloutEngine
-from worldmodels.envs.carracing import make_vec_env
+from worldmodels.envs import make_vec_env
 from worldmodels.evolution.cmaes import ESSettings, ESState, run_es
 from worldmodels.utils.device import pick_device
 from worldmodels.utils.io import atomic_write, atomic_write_bytes, atomic_write_json, read_json

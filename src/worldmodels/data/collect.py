@@ -19,7 +19,7 @@ from tqdm import tqdm
 from worldmodels.config import CollectConfig, to_dict
 from worldmodels.data.policies import make_policy
 from worldmodels.data.store import ACTION_ENCODINGS, StoreWriter
-from worldmodels.envs.carracing import env_id_for, make_vec_env, resolve_backend
+from worldmodels.envs import env_id_for, make_vec_env, resolve_backend
 from worldmodels.utils.device import torch_threads
 
 

@@ -47,7 +47,7 @@ class RolloutWorker:
         from worldmodels.controller.model import ControllerSpec
         from worldmodels.controller.policy import WorldModelPolicy
         from worldmodels.controller.rollout import RolloutEngine
-        from worldmodels.envs.carracing import make_vec_env
+        from worldmodels.envs import make_vec_env
         from worldmodels.memory.train import load_mdrnn
         from worldmodels.utils.device import pick_device
         from worldmodels.vision.train import load_vae
@@ -101,7 +101,7 @@ class RayRolloutPool:
     ) -> RayRolloutPool:
         """Start one worker per ``cpus_per_worker`` CPUs of the cluster, ``num_envs`` in all."""
         from worldmodels.data.collect import pool_seed
-        from worldmodels.envs.carracing import resolve_backend
+        from worldmodels.envs import resolve_backend
         from worldmodels.vision.train import VAE_FILE
 
         ray = connect(settings)

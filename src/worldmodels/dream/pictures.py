@@ -30,7 +30,7 @@ class DreamGif:
 
 def real_episode(agent, seed: int, max_steps: int) -> np.ndarray:
     """The 64x64 frames the agent saw in one real episode (seed ``seed``)."""
-    from worldmodels.envs.carracing import make_vec_env
+    from worldmodels.envs import make_vec_env
 
     frames = []
     with make_vec_env(agent.env, num_envs=1, max_steps=max_steps, workers=0, quiet=True) as env:

@@ -262,7 +262,7 @@ class RealEvaluation:
 def real_policy_and_env(vae, mdrnn, spec, config: ControllerConfig, env: str, device):
     """V + M + C for the real game, and a batch of its environments."""
     from worldmodels.controller.policy import WorldModelPolicy
-    from worldmodels.envs.carracing import make_vec_env
+    from worldmodels.envs import make_vec_env
 
     vec = make_vec_env(
         env,
