@@ -65,7 +65,8 @@ def prepare_arm(base: Path, arm: Path) -> None:
 def arm_command(arm: Path, sets: list[str], minutes: float, backend: str) -> list[str]:
     common = [
         f"controller.time_budget_s={minutes * 60:g}",
-        "controller.workers=1",
+        "controller.workers=1",  # one EnvPool thread: each arm is pinned to one core
+        "controller.env_groups=1",
         f"evaluate.backend={backend}",
         "evaluate.num_envs=16" if backend == "envpool" else "evaluate.num_envs=8",
     ]
