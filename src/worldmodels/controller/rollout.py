@@ -6,6 +6,7 @@ back to back, starting the next as soon as its episode ends, so no slot waits fo
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ import torch
 
 from worldmodels.controller.policy import WorldModelPolicy
 from worldmodels.envs.carracing import VecCarRacing
+from worldmodels.utils.device import torch_threads
 
 
 @dataclass
@@ -64,6 +66,13 @@ class RolloutEngine:
             raise ValueError(
                 f"expected params (candidates, {self.policy.spec.num_params}), got {params.shape}"
             )
+        # overlapped on the CPU: the networks take one core while the environments' threads
+        # take the others (idle OpenMP threads would spin on the cores the envs need)
+        overlapped = len(self.groups) > 1 and self.policy.device.type == "cpu"
+        with torch_threads(1) if overlapped else contextlib.nullcontext():
+            return self._run(params, jobs, early_stop, on_episode)
+
+    def _run(self, params, jobs, early_stop, on_episode) -> RolloutResult:
         n = int(self.offsets[-1])
         params_t = torch.as_tensor(params, device=self.policy.device)
         returns = np.zeros(len(jobs), np.float64)

@@ -10,6 +10,7 @@ those means is ``best.npy``, what ``Agent.load`` and ``evaluate`` use.
 from __future__ import annotations
 
 import io
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -177,8 +178,12 @@ def make_env_groups(
     backend: str, num_envs: int, max_steps: int, groups: int, workers: int | None = None
 ) -> list:
     """``num_envs`` environments in ``groups`` batches that the engine steps in turn (the
-    networks of one group run while the others' environments step); 1 = synchronous."""
+    networks of one group run while the others' environments step); 1 = synchronous.
+    ``workers``: EnvPool threads or gymnasium processes per group (default: the cores shared
+    out among the groups)."""
     groups = max(1, min(groups, num_envs))
+    if workers is None and groups > 1:
+        workers = max(1, (os.cpu_count() or 1) // groups)
     sizes = [len(range(g, num_envs, groups)) for g in range(groups)]
     made = []
     try:

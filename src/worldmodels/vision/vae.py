@@ -64,9 +64,15 @@ class ConvVAE(nn.Module):
 
 
 def frames_to_input(
-    frames: Tensor | np.ndarray, device: torch.device | str | None = None
+    frames: Tensor | np.ndarray,
+    device: torch.device | str | None = None,
+    channels_last: bool = False,
 ) -> Tensor:
-    """uint8 NHWC (N,64,64,3) or HWC frames -> float32 NCHW in [0,1] on `device`."""
+    """uint8 NHWC (N,64,64,3) or HWC frames -> float32 NCHW in [0,1] on `device`.
+
+    ``channels_last``: keep the frames' own NHWC layout in memory (the tensor is NCHW all the
+    same), for a V converted with ``to(memory_format=torch.channels_last)``.
+    """
     if isinstance(frames, np.ndarray):
         frames = np.ascontiguousarray(frames)  # torch rejects negative strides (img[::-1])
     t = torch.as_tensor(frames)
@@ -74,7 +80,8 @@ def frames_to_input(
         t = t.unsqueeze(0)
     # permute, never .view: a view of channels-last data scrambles the image.
     t = t.to(device=device).permute(0, 3, 1, 2)
-    return t.to(torch.float32).div_(255.0).contiguous()
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    return t.to(torch.float32).div_(255.0).contiguous(memory_format=layout)
 
 
 def output_to_frames(x: Tensor) -> np.ndarray:
