@@ -8,8 +8,11 @@ message and exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import signal
 import sys
+import threading
 
 from worldmodels import __version__
 
@@ -86,22 +89,53 @@ def ray_settings(args):
     )
 
 
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP: handled as Ctrl-C is (the stage stops, finished work is kept)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _stop(signum, frame):
+    raise Stopped(signum)
+
+
+@contextlib.contextmanager
+def stop_on_termination_signals():
+    """SIGTERM (kill, timeout, schedulers) and SIGHUP (a closed terminal) end a command the
+    way Ctrl-C does: its ``finally`` blocks close workers, games, Ray and writers. The
+    previous handlers come back afterwards (``main`` may run inside another program)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signals = (signal.SIGTERM, signal.SIGHUP)
+    previous = {s: signal.signal(s, _stop) for s in signals}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     from worldmodels.data.store import StoreError
 
     args = build_parser().parse_args(argv)
     try:
-        return args.run(args) or 0
+        with stop_on_termination_signals():
+            return args.run(args) or 0
     except (StoreError, *USER_ERRORS) as e:
         print(f"worldmodels {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        how = f"stopped by {e}" if isinstance(e, Stopped) else "interrupted"
         print(
-            f"\nworldmodels {args.command}: interrupted; finished work is kept, "
+            f"\nworldmodels {args.command}: {how}; finished work is kept, "
             "run the same command again to resume",
             file=sys.stderr,
         )
-        return 130
+        return 128 + (e.signum if isinstance(e, Stopped) else signal.SIGINT)
 
 
 if __name__ == "__main__":

@@ -11,27 +11,70 @@ traceback or exit code, never a hang.
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
 import traceback
 from collections.abc import Callable
 
 
-def _serve(conn, make: Callable, play: Callable, num_envs: int, max_steps: int) -> None:
-    """A worker's loop: owns ``num_envs`` environments, answers commands for any subset."""
+def _serve(
+    conn, make: Callable, play: Callable, num_envs: int, max_steps: int, parent_ends=()
+) -> None:
+    """A worker's loop: owns ``num_envs`` environments, answers commands for any subset.
+
+    It never outlives the process that started it: it closes the parent's pipe ends it
+    inherited through fork (so a dead parent reads as end-of-file here) and, on Linux, gets
+    SIGTERM from the kernel when its parent dies (a parent killed by SIGKILL included).
+    SIGTERM ends it as Ctrl-C does: its environments are closed (a ViZDoom game ends its
+    engine process, which would otherwise be left running).
+    """
+    for end in parent_ends:
+        end.close()
+    envs = []
     try:
-        envs = [make(max_steps) for _ in range(num_envs)]
+        signal.signal(signal.SIGTERM, _interrupt)
+        _signal_me_when_parent_dies(signal.SIGTERM)
+        envs.extend(make(max_steps) for _ in range(num_envs))
         while True:
             cmd, data = conn.recv()
             if cmd == "close":
-                for e in envs:
-                    e.close()
+                _close_all(envs)
                 conn.send(("ok", None))
                 return
             conn.send(("ok", [play(envs[i], cmd, x) for i, x in data]))
-    except (KeyboardInterrupt, EOFError):
+    except (KeyboardInterrupt, EOFError, BrokenPipeError):
         return
     except Exception:
         conn.send(("error", traceback.format_exc()))
+    finally:
+        _close_all(envs)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _close_all(envs: list) -> None:
+    while envs:
+        with contextlib.suppress(Exception):  # closing the rest matters more than one error
+            envs.pop().close()
+
+
+def _signal_me_when_parent_dies(signum: int) -> None:
+    """Linux: have the kernel send ``signum`` here when the parent dies (PR_SET_PDEATHSIG)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import os
+
+    parent = os.getppid()
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signum)  # PR_SET_PDEATHSIG
+    except OSError:
+        return
+    if os.getppid() != parent:  # the parent died before the request took effect
+        raise KeyboardInterrupt
 
 
 class EnvWorkers:
@@ -62,7 +105,11 @@ class EnvWorkers:
         for w in range(workers):
             parent, child = ctx.Pipe()
             n = len(range(w, num_envs, workers))
-            proc = ctx.Process(target=_serve, args=(child, make, play, n, max_steps), daemon=True)
+            # the worker closes every parent end it inherits: its own and earlier workers'
+            ends = (parent, *self.conns) if ctx.get_start_method() == "fork" else ()
+            proc = ctx.Process(
+                target=_serve, args=(child, make, play, n, max_steps, ends), daemon=True
+            )
             proc.start()
             child.close()
             self.conns.append(parent)

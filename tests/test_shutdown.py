@@ -1,0 +1,52 @@
+"""A stopped command leaves nothing behind: SIGTERM / SIGHUP end it the way Ctrl-C does, and
+its worker processes never outlive it, even when it is killed with SIGKILL."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+from shutdown import needs_proc, start, stop_and_check_nothing_is_left
+
+from worldmodels.data.store import EpisodeStore
+
+pytestmark = needs_proc
+
+
+def collect_args(out, env="carracing"):
+    if env == "doom":
+        size = ["--env", "doom", "--episodes", "3", "--max-steps", "400", "--min-length", "0"]
+    else:
+        size = ["--backend", "gymnasium", "--episodes", "4", "--max-steps", "400"]
+    return ["collect", "--out", str(out), *size, "--num-envs", "2", "--workers", "2"]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_a_terminated_collection_stops_cleanly_and_resumes(tmp_path, signum):
+    out = tmp_path / "episodes"
+    proc = start(*collect_args(out), "--no-progress")
+    code, err = stop_and_check_nothing_is_left(proc, signum, workers=2)
+    assert code == 128 + signum, err
+    assert f"stopped by {signal.Signals(signum).name}; finished work is kept" in err
+    again = start(*collect_args(out), "--no-progress")
+    _, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err
+    assert len(EpisodeStore(out)) == 4
+
+
+def test_workers_die_with_a_killed_command(tmp_path):
+    """SIGKILL cannot be handled: the workers notice their parent is gone and exit."""
+    proc = start(*collect_args(tmp_path / "episodes"), "--no-progress")
+    code, _ = stop_and_check_nothing_is_left(proc, signal.SIGKILL, workers=2)
+    assert code == -signal.SIGKILL
+
+
+def test_a_terminated_doom_collection_leaves_no_game_behind(tmp_path):
+    pytest.importorskip("vizdoom")
+    out = tmp_path / "episodes"
+    proc = start(*collect_args(out, env="doom"), "--no-progress")
+    code, err = stop_and_check_nothing_is_left(proc, signal.SIGTERM, workers=2)
+    assert code == 128 + signal.SIGTERM, err
+    proc = start(*collect_args(out, env="doom"), "--no-progress")
+    code, _ = stop_and_check_nothing_is_left(proc, signal.SIGKILL, workers=2)
+    assert code == -signal.SIGKILL
