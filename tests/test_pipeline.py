@@ -246,3 +246,18 @@ def test_models_whose_sizes_disagree_are_refused(smoke_run, tmp_path, capsys):
     save_mdrnn(run / "mdrnn" / "mdrnn.pt", MDNRNN(hidden_size=64), config)
     assert main(["evaluate", str(run), "--episodes", "1"]) == 2
     assert "h=64" in capsys.readouterr().err
+
+
+def test_a_terminated_evaluation_leaves_no_worker_and_keeps_the_old_result(smoke_run):
+    import signal
+
+    from shutdown import needs_proc, start, stop_and_check_nothing_is_left
+
+    if needs_proc.mark.args[0]:
+        pytest.skip(needs_proc.mark.kwargs["reason"])
+    before = (smoke_run / "eval.json").read_bytes()
+    args = ["evaluate", str(smoke_run), "--episodes", "8", "--num-envs", "2", "--workers", "2"]
+    proc = start(*args, "--no-progress")
+    code, err = stop_and_check_nothing_is_left(proc, signal.SIGTERM, workers=2)
+    assert code == 128 + signal.SIGTERM and "stopped by SIGTERM" in err, err
+    assert (smoke_run / "eval.json").read_bytes() == before
