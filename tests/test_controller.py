@@ -230,6 +230,57 @@ def test_cmaes_refuses_other_settings_and_corrupt_checkpoints(tmp_path):
         run_es(settings(generations=3), sphere, tmp_path, resume=True)
 
 
+class _Touch:
+    """Unpickled, it would create a file: the harmless stand-in for foreign code."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        import pathlib
+
+        return (pathlib.Path.touch, (pathlib.Path(self.path),))
+
+
+class _CmaWithEvalOptions:
+    """Unpickled, it would call pycma's constructor, which evaluates option strings."""
+
+    def __reduce__(self):
+        import cma
+
+        marker = "__import__('pathlib').Path('marker').touch() or 4"
+        return (cma.CMAEvolutionStrategy, (np.zeros(2), 0.5, {"popsize": marker}))
+
+
+class _Dunder:
+    """Unpickled, it would reach a function's globals through getattr."""
+
+    def __reduce__(self):
+        return (getattr, (np.linalg.eigh, "__globals__"))
+
+
+@pytest.mark.parametrize(
+    ("payload", "refused"),
+    [
+        (lambda tmp: _Touch(tmp / "pwned"), "asks for pathlib.Path.touch"),
+        (lambda tmp: _CmaWithEvalOptions(), "asks to call cma.evolution_strategy.CMAEvolution"),
+        (lambda tmp: _Dunder(), "asks for attribute '__globals__'"),
+    ],
+)
+def test_a_checkpoint_that_would_run_foreign_code_is_refused(
+    tmp_path, monkeypatch, payload, refused
+):
+    """A run folder from someone else is data: loading its ES state runs nothing foreign."""
+    monkeypatch.chdir(tmp_path)
+    run_es(settings(generations=2), sphere, tmp_path, progress=False)
+    state = pickle.loads((tmp_path / STATE).read_bytes())
+    state.history.append({"note": payload(tmp_path)})
+    (tmp_path / STATE).write_bytes(pickle.dumps(state))
+    with pytest.raises(ValueError, match=f"es_state.pkl refused: it {refused}"):
+        run_es(settings(generations=3), sphere, tmp_path, resume=True)
+    assert not (tmp_path / "pwned").exists() and not (tmp_path / "marker").exists()
+
+
 def test_weight_decay_penalises_large_weights(tmp_path):
     def flat(population, generation):
         return np.zeros(len(population)), len(population)

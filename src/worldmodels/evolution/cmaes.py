@@ -93,7 +93,9 @@ def load_state(out_dir: Path, settings: ESSettings) -> ESState:
     if not path.exists():
         raise FileNotFoundError(f"no CMA-ES checkpoint to resume: {path}")
     try:
-        state = pickle.loads(path.read_bytes())
+        state = safe_loads(path.read_bytes())
+    except ForeignObjectError as e:
+        raise ValueError(f"CMA-ES checkpoint {path} refused: {e}") from None
     except Exception as e:
         raise ValueError(f"CMA-ES checkpoint {path} is corrupt: {e}") from None
     if not isinstance(state, ESState):
@@ -109,6 +111,87 @@ def load_state(out_dir: Path, settings: ESSettings) -> ESState:
             f"({', '.join(f'{k}: {a} there, {b} now' for k, (a, b) in diffs.items())})"
         )
     return state
+
+
+class ForeignObjectError(pickle.UnpicklingError):
+    """A checkpoint asked for something outside pycma's and numpy's own state."""
+
+
+def _safe_getattr(obj, name: str):
+    """getattr as pycma's pickles use it (a public attribute of one of its own objects)."""
+    module = type(obj).__module__ or ""
+    if name.startswith("_") or not module.startswith(("cma.", "numpy")):
+        raise ForeignObjectError(
+            f"it asks for attribute {name!r} of a {module}.{type(obj).__qualname__}"
+        )
+    return getattr(obj, name)
+
+
+# the only callables a checkpoint may call while loading: numpy's array, scalar, dtype and
+# random-state rebuilders, and the checked getattr. pycma's classes are rebuilt without
+# calling their constructors (which evaluate option strings), as pickle does for them.
+_NUMPY_REBUILDERS = {
+    ("numpy", "dtype"),
+    ("numpy", "ndarray"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy.random._pickle", "__bit_generator_ctor"),
+    ("numpy.random._pickle", "__randomstate_ctor"),
+    ("numpy.random._pickle", "__generator_ctor"),
+    ("numpy.random._mt19937", "MT19937"),
+    ("numpy.random._pcg64", "PCG64"),
+    ("numpy.linalg", "eigh"),  # pycma keeps a reference to its eigen solver
+}
+
+
+class _CheckpointUnpickler(pickle._Unpickler):
+    """Unpickles only this package's ``ESState``, pycma's classes and numpy's arrays and
+    random states; anything else (a function of another module, a class called with
+    arguments, a private attribute) is refused, named, before it can run."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) == ("builtins", "getattr"):
+            return _safe_getattr
+        if (module, name) == (__name__, "ESState"):
+            return ESState
+        if (module, name) in _NUMPY_REBUILDERS:
+            return super().find_class(module, name)
+        if module.startswith("cma.") and "." not in name:
+            found = super().find_class(module, name)
+            if isinstance(found, type) or name in ("_pass", "is_feasible"):
+                return found
+        raise ForeignObjectError(f"it asks for {module}.{name}, which is not pycma or numpy state")
+
+    def load_reduce(self):
+        func = self.stack[-2]
+        allowed = func is _safe_getattr or (
+            (getattr(func, "__module__", None), getattr(func, "__name__", None))
+            in _NUMPY_REBUILDERS
+            and func is not np.linalg.eigh
+        )
+        if not allowed:
+            raise ForeignObjectError(f"it asks to call {_name_of(func)}")
+        super().load_reduce()
+
+    def _refuse_instantiation(self):
+        raise ForeignObjectError("it asks to call a class with arguments (INST/OBJ opcode)")
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+    dispatch[pickle.REDUCE[0]] = load_reduce
+    dispatch[pickle.INST[0]] = _refuse_instantiation
+    dispatch[pickle.OBJ[0]] = _refuse_instantiation
+
+
+def _name_of(obj) -> str:
+    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}"
+
+
+def safe_loads(data: bytes):
+    """Load a CMA-ES checkpoint without running anything but numpy's and pycma's own state
+    rebuilding: a run folder made by someone else is data, not code."""
+    return _CheckpointUnpickler(io.BytesIO(data)).load()
 
 
 def write_log(state: ESState, out_dir: Path) -> None:
