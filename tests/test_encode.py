@@ -95,3 +95,37 @@ def test_cli_encode(small_store, vae_file, tmp_path, capsys):
     assert main([*missing, "--out", str(tmp_path / "s2"), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("worldmodels encode: error:") and "vae.pt" in err and "\n" not in err
+
+
+def corrupt_middle(path, nbytes=100):
+    """Zero ``nbytes`` in the middle of a file (a bad disk sector, a bad copy)."""
+    data = bytearray(path.read_bytes())
+    mid = len(data) // 2
+    data[mid : mid + nbytes] = bytes(nbytes)
+    path.write_bytes(bytes(data))
+
+
+def test_corrupt_bytes_inside_an_episode_stop_every_reader_naming_the_file(
+    small_store, vae_file, tmp_path, capsys
+):
+    import shutil
+
+    store = tmp_path / "episodes"
+    shutil.copytree(small_store, store)
+    good_series = tmp_path / "good-series"
+    encode_store(store, vae_file, good_series, progress=False)
+    victim = sorted(store.rglob("ep_*.wm"))[2]
+    corrupt_middle(victim)
+    capsys.readouterr()
+    v_args = ["train-vae", "--store", str(store), "--out", str(tmp_path / "v"), "--steps", "2"]
+    assert main([*v_args, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"{victim}: array 'obs' fails its checksum" in err and len(err.splitlines()) == 1
+    e_args = ["encode", "--store", str(store), "--vae", str(vae_file)]
+    assert main([*e_args, "--out", str(tmp_path / "series"), "--no-progress"]) == 2
+    assert f"{victim}: array 'obs' fails its checksum" in capsys.readouterr().err
+    series_victim = sorted(good_series.rglob("ep_*.wm"))[1]
+    corrupt_middle(series_victim, 8)
+    m_args = ["train-mdrnn", "--series", str(good_series), "--out", str(tmp_path / "m")]
+    assert main([*m_args, "--steps", "1", "--seq-len", "20", "--no-progress"]) == 2
+    assert f"{series_victim}: array" in capsys.readouterr().err

@@ -187,10 +187,24 @@ class Episode:
         return {name: np.array(self[name]) for name in self._specs}
 
     def verify(self) -> None:
-        """Check every array's CRC32; raises StoreError naming the file and array."""
-        for name, spec in self._specs.items():
-            if _crc(self[name]) != spec["crc32"]:
-                raise StoreError(f"{self.path}: array {name!r} fails its checksum (corrupt data)")
+        """Check every array's CRC32 with plain reads (nothing stays mapped); raises
+        StoreError naming the file and the array."""
+        chunk = bytearray(1 << 22)
+        with open(self.path, "rb", buffering=0) as f:
+            for name, spec in self._specs.items():
+                shape, dtype = self.array_spec(name)
+                left = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+                f.seek(self._start + spec["offset"])
+                crc = 0
+                while left:
+                    got = f.readinto(memoryview(chunk)[: min(left, len(chunk))])
+                    if not got:
+                        raise StoreError(f"{self.path}: truncated while checking {name!r}")
+                    crc, left = zlib.crc32(memoryview(chunk)[:got], crc), left - got
+                if crc & 0xFFFFFFFF != spec["crc32"]:
+                    raise StoreError(
+                        f"{self.path}: array {name!r} fails its checksum (corrupt data)"
+                    )
 
     def close(self) -> None:
         self._arrays.clear()
@@ -222,9 +236,18 @@ class EpisodeStore:
     ``on_error="raise"`` (default) stops at the first bad file with a message naming it;
     ``"skip"`` leaves bad files out with a warning. Open episodes are kept in a small LRU
     cache so that random access over thousands of files stays within the OS's limits.
+    ``verify`` (default): the first time an episode is read through this object its
+    checksums are checked, so corrupt bytes stop every reader (V, encode, M, dreams) with the
+    file named instead of training on them.
     """
 
-    def __init__(self, path: str | Path, on_error: str = "raise", cache_size: int = 256):
+    def __init__(
+        self,
+        path: str | Path,
+        on_error: str = "raise",
+        cache_size: int = 256,
+        verify: bool = True,
+    ):
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         self.path = Path(path)
@@ -235,6 +258,8 @@ class EpisodeStore:
         check_action_encoding(self.path, self.manifest.get("identity", {}))
         self._cache: OrderedDict[int, Episode] = OrderedDict()
         self._cache_size = cache_size
+        self.verify = verify
+        self._verified: set[int] = set()
         self.files: list[Path] = []
         self.indices: list[int] = []
         lengths = []
@@ -268,6 +293,9 @@ class EpisodeStore:
         if not 0 <= i < len(self):
             raise IndexError(f"episode {i} out of range for a store of {len(self)}")
         ep = self._cache.pop(i, None) or Episode(self.files[i])
+        if self.verify and i not in self._verified:
+            ep.verify()  # once per episode and store object: every reader trusts no byte
+            self._verified.add(i)
         self._cache[i] = ep
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)[1].close()
