@@ -67,7 +67,7 @@ class CollectConfig:
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+        raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
 
 
 ENV_COLLECT_DEFAULTS = {

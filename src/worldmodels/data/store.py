@@ -258,7 +258,7 @@ class EpisodeStore:
         check_action_encoding(self.path, self.manifest.get("identity", {}))
         self._cache: OrderedDict[int, Episode] = OrderedDict()
         self._cache_size = cache_size
-        self.verify = verify
+        self.check_on_read = verify
         self._verified: set[int] = set()
         self.files: list[Path] = []
         self.indices: list[int] = []
@@ -293,7 +293,7 @@ class EpisodeStore:
         if not 0 <= i < len(self):
             raise IndexError(f"episode {i} out of range for a store of {len(self)}")
         ep = self._cache.pop(i, None) or Episode(self.files[i])
-        if self.verify and i not in self._verified:
+        if self.check_on_read and i not in self._verified:
             ep.verify()  # once per episode and store object: every reader trusts no byte
             self._verified.add(i)
         self._cache[i] = ep
