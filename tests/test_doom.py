@@ -274,3 +274,31 @@ def test_dream_train_and_sweep_commands(doom_run, tmp_path, capsys):
     table = (sweep / "sweep.md").read_text()
     assert "| 0.5 |" in table and "| 1.5 |" in table
     assert (sweep / "tau_0.5" / "best.npy").exists() and (sweep / "tau_1.5" / "log.csv").exists()
+
+
+def test_the_real_game_reference_evolves_doom_c_in_vizdoom(doom_run, tmp_path, capsys):
+    """`train-controller --env doom`: the same [z, c, h] -> 1 C, the same V and M, CMA-ES on
+    survival in real ViZDoom games; evaluate scores it like the dream-trained C."""
+    import json
+
+    out = tmp_path / "real" / "controller"
+    args = ["train-controller", "--env", "doom", "--out", str(out), "--no-progress"]
+    models = [
+        "--vae",
+        str(doom_run / "vae" / "vae.pt"),
+        "--mdrnn",
+        str(doom_run / "mdrnn/mdrnn.pt"),
+    ]
+    sizes = ["--popsize", "4", "--rollouts", "1", "--generations", "2", "--num-envs", "4"]
+    more = ["--max-steps", "60", "--eval-every", "1", "--eval-episodes", "2"]
+    assert main([*args, *models, *sizes, *more]) == 0
+    log = (out / "log.csv").read_text().splitlines()
+    assert len(log) == 3 and all(0 < float(row.split(",")[1]) <= 60 for row in log[1:])
+    info = json.loads((out / "controller.json").read_text())
+    assert info["env"] == "doom" and info["spec"]["mode"] == "zch"
+    assert main(["evaluate", str(out), "--episodes", "2", "--max-steps", "60"]) == 0
+    ev = json.loads((out / "eval.json").read_text())
+    assert ev["env_id"] == "VizdoomTakeCover-v1"
+    capsys.readouterr()
+    assert main([*args[:-1], "--mode", "zh", *models]) == 2  # CarRacing's C in Doom: refused
+    assert "mode 'zch' is Doom's controller" in capsys.readouterr().err

@@ -204,7 +204,9 @@ def models(tmp_path_factory, series):
 
 
 def tiny_es(**kw) -> ControllerConfig:
-    args = dict(mode="zch", popsize=8, rollouts=2, generations=4, eval_every=0, device="cpu")
+    args = dict(
+        env="doom", mode="zch", popsize=8, rollouts=2, generations=4, eval_every=0, device="cpu"
+    )
     return ControllerConfig(**{**args, **kw})
 
 

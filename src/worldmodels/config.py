@@ -166,7 +166,7 @@ class MDNRNNConfig:
 class ControllerConfig:
     """Evolving C with CMA-ES (paper: pop 64, 16 rollouts each, sigma0 0.1, 1,800 generations)."""
 
-    mode: str = "zh"  # zh | z | z_hidden (the paper's ablations)
+    mode: str = "zh"  # zh | z | z_hidden (the paper's ablations); zch: Doom's [z, c, h] -> 1
     popsize: int = 64
     sigma0: float = 0.1
     rollouts: int = 16  # episodes per candidate; fitness = their mean return
@@ -185,6 +185,9 @@ class ControllerConfig:
     # every candidate of a generation plays the same tracks (common random numbers); False:
     # each candidate its own (the 2018 code's behaviour on a pool of unseeded environments)
     common_seeds: bool = True
+    # the game C is evolved in when not in a dream: carracing, or doom (the real-game
+    # reference for the dream experiment: mode zch, +1 per step survived)
+    env: str = "carracing"
     # the environments in this many batches stepped in turn, so that one batch's networks run
     # while the others' environments step (benchmarks/rollout.py); 1: the synchronous engine
     env_groups: int = 2
@@ -212,6 +215,9 @@ class ControllerConfig:
         if self.eval_every < 0 or self.weight_decay < 0:
             raise ValueError("eval_every and weight_decay must be >= 0")
         _check_choice("mode", self.mode, ("zh", "z", "z_hidden", "zch"))
+        _check_choice("env", self.env, ("carracing", "doom"))
+        if (self.env == "doom") != (self.mode == "zch"):
+            raise ValueError(f"mode 'zch' is Doom's controller; env {self.env!r} got {self.mode!r}")
         _check_choice("z_mode", self.z_mode, ("sample", "mean"))
         _check_choice("backend", self.backend, ("auto", "gymnasium", "envpool"))
 
@@ -372,6 +378,7 @@ PRESETS: dict[str, PipelineConfig] = {
             pad_short=True,
         ),
         controller=ControllerConfig(
+            env="doom",
             mode="zch",
             popsize=64,
             rollouts=16,
@@ -414,6 +421,7 @@ PRESETS: dict[str, PipelineConfig] = {
             pad_short=True,
         ),
         controller=ControllerConfig(
+            env="doom",
             mode="zch",
             popsize=64,
             rollouts=16,
@@ -452,6 +460,7 @@ PRESETS: dict[str, PipelineConfig] = {
             pad_short=True,
         ),
         controller=ControllerConfig(
+            env="doom",
             mode="zch",
             popsize=4,
             rollouts=2,

@@ -73,6 +73,7 @@ def add_arguments(p) -> None:
 def configs(args, temperature: float) -> tuple[ControllerConfig, DreamConfig]:
     doom = args.env == "doom"
     controller = ControllerConfig(
+        env=args.env,
         mode=args.mode or ("zch" if doom else "zh"),
         popsize=args.popsize,
         sigma0=args.sigma0,

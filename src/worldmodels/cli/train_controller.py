@@ -15,7 +15,19 @@ def add_arguments(p) -> None:
     p.add_argument("--vae", required=True, help="V checkpoint (vae.pt from train-vae)")
     p.add_argument("--mdrnn", help="M checkpoint (mdrnn.pt from train-mdrnn); needed by mode zh")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--mode", default=d.mode, choices=MODES, help="controller inputs (default zh)")
+    p.add_argument(
+        "--env",
+        default=d.env,
+        choices=("carracing", "doom"),
+        help="the game: doom evolves the paper's Doom C ([z, c, h] -> 1) in real ViZDoom games "
+        "(the reference for C trained in the dream); it implies --mode zch and --max-steps 2100",
+    )
+    p.add_argument(
+        "--mode",
+        default=None,
+        choices=(*MODES, "zch"),
+        help="controller inputs (default zh; Doom: zch)",
+    )
     p.add_argument("--popsize", type=positive_int, default=d.popsize)
     p.add_argument("--sigma0", type=float, default=d.sigma0)
     p.add_argument(
@@ -43,7 +55,7 @@ def add_arguments(p) -> None:
     p.add_argument("--backend", default=d.backend, help="auto | gymnasium | envpool")
     p.add_argument("--num-envs", type=positive_int, default=d.num_envs)
     p.add_argument("--workers", type=int, default=d.workers)
-    p.add_argument("--max-steps", type=positive_int, default=d.max_steps)
+    p.add_argument("--max-steps", type=positive_int, default=None, help="1000; Doom: 2100")
     p.add_argument("--z-mode", default=d.z_mode, choices=("sample", "mean"))
     p.add_argument("--device", default=d.device)
     p.add_argument("--seed", type=int, default=d.seed)
@@ -55,8 +67,10 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     from worldmodels.controller.train import train_controller
 
+    doom = args.env == "doom"
     config = ControllerConfig(
-        mode=args.mode,
+        env=args.env,
+        mode=args.mode or ("zch" if doom else "zh"),
         popsize=args.popsize,
         sigma0=args.sigma0,
         rollouts=args.rollouts,
@@ -69,13 +83,14 @@ def run(args) -> int:
         backend=args.backend,
         num_envs=args.num_envs,
         workers=args.workers,
-        max_steps=args.max_steps,
+        max_steps=args.max_steps or (2100 if doom else ControllerConfig.max_steps),
         z_mode=args.z_mode,
         device=args.device,
         seed=args.seed,
     )
-    if config.mode == "zh" and args.mdrnn is None:
-        raise ValueError("controller mode 'zh' needs --mdrnn")
+    config.validate()
+    if config.mode in ("zh", "zch") and args.mdrnn is None:
+        raise ValueError(f"controller mode {config.mode!r} needs --mdrnn")
     summary = train_controller(
         args.vae,
         args.mdrnn,

@@ -92,13 +92,15 @@ def train_controller(
     out_dir = Path(out_dir)
     device = pick_device(config.device)
     vae = load_vae(vae_path, device)
-    mdrnn = load_mdrnn(mdrnn_path, device) if config.mode == "zh" else None
-    spec = ControllerSpec(
-        z_size=vae.z_size,
-        hidden_size=mdrnn.hidden_size if mdrnn is not None else 256,
-        mode=config.mode,
+    mdrnn = load_mdrnn(mdrnn_path, device) if config.mode in ("zh", "zch") else None
+    hidden = mdrnn.hidden_size if mdrnn is not None else 256
+    if config.env == "doom":
+        spec = ControllerSpec.doom(vae.z_size, hidden)
+    else:
+        spec = ControllerSpec(z_size=vae.z_size, hidden_size=hidden, mode=config.mode)
+    policy = WorldModelPolicy(
+        vae, mdrnn, spec, device, z_mode=config.z_mode, preprocess=env_class(config.env).preprocess
     )
-    policy = WorldModelPolicy(vae, mdrnn, spec, device, z_mode=config.z_mode)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, out_dir / "config.json")
     write_controller_json(out_dir, spec, vae_path, mdrnn_path, config)
@@ -157,6 +159,9 @@ def make_engine(config: ControllerConfig, policy: WorldModelPolicy, vae_path, md
     if cluster is not None:
         from worldmodels.distributed.rollouts import RayRolloutPool
 
+        if config.env != "carracing":
+            raise ValueError(f"--ray evolves CarRacing controllers; run env {config.env!r} here")
+
         return RayRolloutPool.start(
             cluster,
             vae_path,
@@ -169,13 +174,34 @@ def make_engine(config: ControllerConfig, policy: WorldModelPolicy, vae_path, md
             seed=config.seed,
         )
     groups = make_env_groups(
-        config.backend, config.num_envs, config.max_steps, config.env_groups, config.workers
+        config.backend,
+        config.num_envs,
+        config.max_steps,
+        config.env_groups,
+        config.workers,
+        env=config.env,
     )
     return RolloutEngine(policy, groups)
 
 
+def env_class(env: str):
+    """The batch class of a game (each brings its own frame preprocessing)."""
+    if env == "doom":
+        from worldmodels.envs.doom import VecDoom
+
+        return VecDoom
+    from worldmodels.envs.carracing import VecCarRacing
+
+    return VecCarRacing
+
+
 def make_env_groups(
-    backend: str, num_envs: int, max_steps: int, groups: int, workers: int | None = None
+    backend: str,
+    num_envs: int,
+    max_steps: int,
+    groups: int,
+    workers: int | None = None,
+    env: str = "carracing",
 ) -> list:
     """``num_envs`` environments in ``groups`` batches that the engine steps in turn (the
     networks of one group run while the others' environments step); 1 = synchronous.
@@ -190,6 +216,7 @@ def make_env_groups(
         for size in sizes:
             made.append(
                 make_vec_env(
+                    env,
                     backend=backend,
                     num_envs=size,
                     max_steps=max_steps,
@@ -225,6 +252,7 @@ def write_controller_json(
             "vae": rel(vae_path),
             "mdrnn": rel(mdrnn_path),
             "z_mode": config.z_mode,
+            "env": config.env,
             "relative_to": "..",
         },
     )

@@ -144,6 +144,11 @@ _NUMPY_REBUILDERS = {
     ("numpy.random._pcg64", "PCG64"),
     ("numpy.linalg", "eigh"),  # pycma keeps a reference to its eigen solver
 }
+# plain data types a state may hold (calling them builds data, nothing else)
+_PLAIN_DATA = {
+    ("builtins", name)
+    for name in ("range", "slice", "complex", "set", "frozenset", "bytearray", "bytes")
+} | {("collections", "OrderedDict"), ("collections", "deque")}
 
 
 class _CheckpointUnpickler(pickle._Unpickler):
@@ -156,7 +161,7 @@ class _CheckpointUnpickler(pickle._Unpickler):
             return _safe_getattr
         if (module, name) == (__name__, "ESState"):
             return ESState
-        if (module, name) in _NUMPY_REBUILDERS:
+        if (module, name) in _NUMPY_REBUILDERS | _PLAIN_DATA:
             return super().find_class(module, name)
         if module.startswith("cma.") and "." not in name:
             found = super().find_class(module, name)
@@ -168,7 +173,7 @@ class _CheckpointUnpickler(pickle._Unpickler):
         func = self.stack[-2]
         allowed = func is _safe_getattr or (
             (getattr(func, "__module__", None), getattr(func, "__name__", None))
-            in _NUMPY_REBUILDERS
+            in _NUMPY_REBUILDERS | _PLAIN_DATA
             and func is not np.linalg.eigh
         )
         if not allowed:
