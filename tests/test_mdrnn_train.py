@@ -251,6 +251,8 @@ def test_killed_and_resumed_equals_uninterrupted(series, tmp_path, monkeypatch):
         train_mdrnn(series, tmp_path / "b", config, progress=False)
     summary = train_mdrnn(series, tmp_path / "b", config, resume=True, progress=False)
     assert summary.steps_new == 4  # from the checkpoint at step 8
+    # the killed run's time up to its checkpoint is counted too (the stage's time)
+    assert summary.total_seconds > summary.seconds > 0
     a = torch.load(tmp_path / "a" / "mdrnn.pt")["state_dict"]
     b = torch.load(tmp_path / "b" / "mdrnn.pt")["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)

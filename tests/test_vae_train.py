@@ -174,6 +174,8 @@ def test_killed_and_resumed_equals_uninterrupted(small_store, tmp_path, monkeypa
 
     summary = train_vae(small_store, tmp_path / "killed", config, resume=True, progress=False)
     assert (summary.steps, summary.new_steps) == (6, 3)
+    # the time of the killed run up to its checkpoint is counted too (the stage's time)
+    assert summary.total_seconds > summary.seconds > 0
     whole = load_vae(tmp_path / "whole" / "vae.pt").state_dict()
     resumed = load_vae(tmp_path / "killed" / "vae.pt").state_dict()
     # CPU, same threads, same batches and noise: bit-identical, no tolerance needed

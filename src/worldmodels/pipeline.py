@@ -158,7 +158,7 @@ def _train_vae(config: PipelineConfig, paths: RunPaths, progress: bool, cluster)
 
     resume = (paths.vae_dir / "latest.pt").exists()
     summary = train_vae(paths.episodes, paths.vae_dir, config.vae, resume=resume, progress=progress)
-    return StageResult(summary.line(), resumed=resume)
+    return StageResult(summary.line(), summary.total_seconds, resume)
 
 
 def _encode(config: PipelineConfig, paths: RunPaths, progress: bool, cluster) -> StageResult:
@@ -181,7 +181,7 @@ def _train_mdrnn(config: PipelineConfig, paths: RunPaths, progress: bool, cluste
         vae_path=paths.vae,
         episodes_path=paths.episodes,
     )
-    return StageResult(summary.line(), resumed=resume)
+    return StageResult(summary.line(), summary.total_seconds, resume)
 
 
 def _train_controller(

@@ -61,6 +61,7 @@ class TrainSummary:
     val_nll: float | None
     model_path: Path
     pictures: list[Path] = field(default_factory=list)
+    total_seconds: float = 0.0  # over every run that trained this M (from the checkpoint)
 
     def line(self) -> str:
         val = "no validation episodes"
@@ -216,6 +217,8 @@ class _Run:
     checkpoints: Checkpointer
     writer: Any
     history: dict[str, float | None]
+    earlier_seconds: float = 0.0  # what the runs before this one spent (from the checkpoint)
+    started: float = field(default_factory=time.perf_counter)
 
     def validate(self, step: int) -> float | None:
         losses = evaluate(self.model, self.sampler, self.config, self.device)
@@ -224,6 +227,8 @@ class _Run:
         return losses.get("nll")
 
     def checkpoint(self, step: int) -> None:
+        # wall time over every run that trained this M, so a resumed stage reports it all
+        self.history["seconds"] = self.earlier_seconds + time.perf_counter() - self.started
         info = self.sampler.info
         self.checkpoints.save(
             {
@@ -288,7 +293,8 @@ def train_mdrnn(
     save_config(config, out / CONFIG_FILE)
 
     writer = summary_writer(out / "tb", purge_step=start or None)
-    run = _Run(model, optimizer, sampler, config, device, checkpoints, writer, history)
+    earlier = history.get("seconds") or 0.0
+    run = _Run(model, optimizer, sampler, config, device, checkpoints, writer, history, earlier)
     try:
         if start == 0 and sampler.val is not None:
             history["val_nll_start"] = run.validate(0)
@@ -298,6 +304,7 @@ def train_mdrnn(
         run.checkpoint(total)
     finally:
         writer.close()
+    total_seconds = float(history["seconds"])
     model_path = save_mdrnn(out / MODEL_FILE, model, config)
     pictures = [] if vae is None else _pictures(model, vae, obs, sampler, out)
     steps_new = max(config.steps - start, 0)
@@ -312,6 +319,7 @@ def train_mdrnn(
         val_nll=history["val_nll"],
         model_path=model_path,
         pictures=pictures,
+        total_seconds=total_seconds,
     )
 
 

@@ -63,6 +63,7 @@ class TrainSummary:
     val_loss: float | None
     device: str
     model_path: Path
+    total_seconds: float = 0.0  # over every run that trained this model (from the checkpoint)
 
     def line(self) -> str:
         def fmt(x):
@@ -84,6 +85,7 @@ class Position:
     step: int = 0
     epoch: int = 0
     batch: int = 0
+    seconds: float = 0.0  # training time up to this position, over every resumed run
 
     def advance(self, batches_per_epoch: int) -> None:
         self.step += 1
@@ -363,7 +365,7 @@ def train_vae(
     shown_steps = episode_frames(store, shown)
     grid_steps = shown_steps[np.linspace(0, len(shown_steps) - 1, 8).astype(int)]
 
-    start_step = position.step
+    start_step, earlier_seconds = position.step, position.seconds
     writer = summary_writer(out / TB_DIR, purge_step=start_step + 1 if start_step else None)
     bar = tqdm(total=total, initial=start_step, desc="train V", unit="step", disable=not progress)
     batches = stream.batches(position.epoch, position.batch)
@@ -388,6 +390,7 @@ def train_vae(
                     writer, model, store, val_steps, grid_steps, config, device, step
                 )
             if step % config.checkpoint_every == 0 or step == total:
+                position.seconds = earlier_seconds + time.perf_counter() - t_start
                 state = checkpoint_state(model, optimizer, position, config, store, val_loss)
                 checkpoints.save(state)
     finally:
@@ -411,6 +414,7 @@ def train_vae(
         val_loss=val_loss,
         device=str(device),
         model_path=model_path,
+        total_seconds=earlier_seconds + seconds,
     )
 
 
