@@ -302,3 +302,71 @@ def test_the_real_game_reference_evolves_doom_c_in_vizdoom(doom_run, tmp_path, c
     capsys.readouterr()
     assert main([*args[:-1], "--mode", "zh", *models]) == 2  # CarRacing's C in Doom: refused
     assert "mode 'zch' is Doom's controller" in capsys.readouterr().err
+
+
+def test_horizontal_shift_finds_how_far_the_scene_moved():
+    from worldmodels.dream.probe import horizontal_shift
+
+    frame = np.random.default_rng(0).integers(0, 256, (64, 64, 3)).astype(np.uint8)
+    assert horizontal_shift(frame, np.roll(frame, 3, axis=1)) == 3
+    assert horizontal_shift(frame, np.roll(frame, -5, axis=1)) == -5
+    assert horizontal_shift(frame, frame) == 0
+
+
+def hand_built_doom_m(done_bias: float, right_saves: bool = False):
+    """z 64, one action, LSTM 32, done head; z stays put (sigma e^-7). ``done_bias`` alone
+    sets the death odds, or, with ``right_saves``, holding right (a > 0) is never killed and
+    anything else dies at once (the LSTM's unit 0 follows the action)."""
+    from worldmodels.memory.mdrnn import MDNRNN
+
+    m = MDNRNN(z_size=64, action_size=1, hidden_size=32, done_head=True)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.zero_()
+        k = m.num_gaussians
+        m.head.bias[: m.n_mixture_outputs].view(64, 3 * k)[:, 2 * k :] = -7.0
+        m.head.bias[-1] = done_bias
+        if right_saves:
+            m.lstm.weight_ih_l0[2 * 32, 64] = 10.0  # cell candidate of unit 0 <- action
+            m.lstm.bias_ih_l0[0:32] = 10.0  # input gate open
+            m.lstm.bias_ih_l0[3 * 32 :] = 10.0  # output gate open
+            m.head.weight[-1, 0] = -40.0  # done logit = 20 - 40 h0: alive only when h0 > 0.5
+    return m.eval()
+
+
+def test_held_action_probes_flag_the_faults_seen_so_far(doom_run, capsys):
+    """A dream that never kills, and one where holding right is safe: the probe warns for
+    them, and the real game is played from the same starts with the same held actions."""
+    from worldmodels.config import DreamConfig
+    from worldmodels.dream.probe import probe_held_actions
+    from worldmodels.vision.train import load_vae
+
+    vae = load_vae(doom_run / "vae" / "vae.pt", "cpu")
+    dream = DreamConfig(temperature=1.0, max_steps=300)
+    series = doom_run / "series"
+    never = probe_held_actions(hand_built_doom_m(-20.0), vae, series, dream, episodes=3)
+    assert [r.action for r in never.rows] == ["left", "stay", "right"]
+    assert all(r.dream_length == 300 and r.dream_deaths == 0 for r in never.rows)
+    assert all(0 < r.game_length < 300 * 2 / 3 for r in never.rows)  # the game kills
+    assert len(never.warnings()) == 3 and "longer in the dream" in never.warnings()[0]
+    right = probe_held_actions(
+        hand_built_doom_m(20.0, right_saves=True), vae, series, dream, episodes=3
+    )
+    by = {r.action: r for r in right.rows}
+    assert by["right"].dream_length == 300 and by["left"].dream_length == 1
+    assert any(w.startswith("holding right: survives") for w in right.warnings())
+    assert "WARNING: holding right" in right.table()
+    # the game's view moves opposite ways under left and right (or not at all when blocked)
+    assert by["left"].game_shift * by["right"].game_shift <= 0
+
+
+def test_dream_check_prints_the_held_action_table(doom_run, capsys):
+    base = ["dream-check", "--mdrnn", str(doom_run / "mdrnn" / "mdrnn.pt")]
+    base += ["--series", str(doom_run / "series"), "--dream-max-steps", "100", "--held-actions"]
+    assert main(base) == 2
+    assert "--held-actions needs --vae" in capsys.readouterr().err
+    vae = ["--vae", str(doom_run / "vae" / "vae.pt"), "--probe-episodes", "2"]
+    assert main([*base, *vae]) == 0
+    out = capsys.readouterr().out
+    assert "held actions from 2 real starts" in out
+    assert all(f"\n{name} " in out for name in ("left", "stay", "right"))

@@ -322,6 +322,7 @@ def test_carracing_in_the_dream_with_reward_and_done_heads(small_store, tmp_path
     )
     train_mdrnn(tmp_path / "series", tmp_path / "m", m_config, progress=False)
     config = tiny_es(
+        env="carracing",
         mode="zh",
         popsize=4,
         generations=1,

@@ -25,6 +25,16 @@ def add_arguments(p) -> None:
     )
     p.add_argument("--dream-max-steps", type=positive_int, default=d.max_steps)
     p.add_argument("--episodes", type=positive_int, default=200, help="episodes replayed")
+    p.add_argument(
+        "--held-actions",
+        action="store_true",
+        help="Doom: also hold left, stay and right from the same real starts in the game and in "
+        "the dream, and compare survival and where the view moves (needs --vae)",
+    )
+    p.add_argument("--vae", help="V (vae.pt), to decode the dream for --held-actions")
+    p.add_argument(
+        "--probe-episodes", type=positive_int, default=16, help="real starts for --held-actions"
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
 
@@ -34,9 +44,21 @@ def run(args) -> int:
     from worldmodels.memory.train import load_mdrnn
     from worldmodels.utils.device import pick_device
 
-    mdrnn = load_mdrnn(args.mdrnn, pick_device(args.device))
+    if args.held_actions and not args.vae:
+        raise ValueError("--held-actions needs --vae (to decode the dream's view)")
+    device = pick_device(args.device)
+    mdrnn = load_mdrnn(args.mdrnn, device)
     for tau in args.temperature:
         dream = DreamConfig(temperature=tau, max_steps=args.dream_max_steps)
         dream.validate()
         print(replay_in_dream(mdrnn, args.series, dream, args.episodes, args.seed).line())
+        if args.held_actions:
+            from worldmodels.dream.probe import probe_held_actions
+            from worldmodels.vision.train import load_vae
+
+            vae = load_vae(args.vae, device)
+            probe = probe_held_actions(
+                mdrnn, vae, args.series, dream, args.probe_episodes, seed=args.seed
+            )
+            print(probe.table())
     return 0

@@ -1,0 +1,207 @@
+"""Does the dream answer a held action as the game does? (Doom)
+
+``dream-check`` replays the data's own random actions; a controller, though, finds one action
+and holds it, and that is exactly where a dream can be wrong (the first Doom laptop M let
+"always left" survive forever). This probe holds each of C's three actions (left, stay,
+right) from the same real starts, in the game and in M's dream, and sets side by side how
+long each survives, how often it dies, and where the view moves: the horizontal shift of the
+scene after ``shift_steps`` steps, measured on the 64x64 frames (the game's, preprocessed;
+the dream's, decoded by V). A dream whose survival under a held action is more than 1.5x the
+game's (or less than 1/1.5x), or whose view moves the other way, gets a warning.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from worldmodels.config import DreamConfig
+from worldmodels.dream.check import TOO_FAR, evenly_spaced
+from worldmodels.dream.env import DreamEnv, drive_dreams, load_initial_latents
+from worldmodels.memory.mdrnn import MDNRNN
+from worldmodels.vision.vae import ConvVAE
+
+HELD = {"left": -1.0, "stay": 0.0, "right": 1.0}  # C's output held; Doom maps it three ways
+MAX_SHIFT = 12  # pixels of 64 searched either way
+
+
+@dataclass
+class HeldAction:
+    action: str
+    game_length: float
+    dream_length: float
+    game_deaths: float
+    dream_deaths: float
+    game_shift: float  # mean horizontal shift of the scene, pixels (+: the scene moves right)
+    dream_shift: float
+
+    def warning(self) -> str | None:
+        problems = []
+        ratio = self.dream_length / max(self.game_length, 1e-9)
+        if not 1 / TOO_FAR <= ratio <= TOO_FAR:
+            problems.append(
+                f"survives {ratio:.1f}x {'longer' if ratio > 1 else 'shorter'} in the dream"
+            )
+        if abs(self.game_shift) >= 1 and np.sign(self.dream_shift) != np.sign(self.game_shift):
+            problems.append(
+                f"the view moves {self.dream_shift:+.1f} px in the dream, {self.game_shift:+.1f} "
+                "in the game"
+            )
+        return f"holding {self.action}: {' and '.join(problems)}" if problems else None
+
+
+@dataclass
+class HeldActionProbe:
+    episodes: int
+    temperature: float
+    shift_steps: int
+    rows: list[HeldAction]
+
+    def warnings(self) -> list[str]:
+        return [w for w in (row.warning() for row in self.rows) if w]
+
+    def table(self) -> str:
+        lines = [
+            f"held actions from {self.episodes} real starts (tau {self.temperature}; view shift "
+            f"after {self.shift_steps} steps, px)",
+            f"{'held':<6} {'game steps':>10} {'dream steps':>11} {'deaths game/dream':>18} "
+            f"{'shift game':>10} {'shift dream':>11}",
+        ]
+        for r in self.rows:
+            deaths = f"{r.game_deaths:.0%} / {r.dream_deaths:.0%}"
+            lines.append(
+                f"{r.action:<6} {r.game_length:>10.0f} {r.dream_length:>11.0f} {deaths:>18} "
+                f"{r.game_shift:>+10.1f} {r.dream_shift:>+11.1f}"
+            )
+        lines += [f"WARNING: {w}: C can exploit this" for w in self.warnings()]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "warnings": self.warnings()}
+
+
+def horizontal_shift(before: np.ndarray, after: np.ndarray) -> float:
+    """The shift (pixels, + = right) that best lines up ``after``'s column brightness profile
+    with ``before``'s; frames uint8 or float (H, W, 3)."""
+    a = np.asarray(before, np.float64).mean(axis=(0, 2))
+    b = np.asarray(after, np.float64).mean(axis=(0, 2))
+    a, b = a - a.mean(), b - b.mean()
+    width = len(a)
+    best, best_err = 0, np.inf
+    for s in range(-MAX_SHIFT, MAX_SHIFT + 1):
+        lo, hi = max(0, s), min(width, width + s)
+        err = np.mean((b[lo:hi] - a[lo - s : hi - s]) ** 2)
+        if err < best_err:
+            best, best_err = s, err
+    return float(best)
+
+
+def _mean_or_zero(values: np.ndarray) -> float:
+    """Mean over the rows that lived long enough to measure; 0 when none did."""
+    values = values[np.isfinite(values)]
+    return float(values.mean()) if values.size else 0.0
+
+
+def _episode_seeds(store, picked) -> list[int]:
+    seeds = []
+    for i in picked:
+        meta = store[int(i)].meta
+        seeds.append(int(meta["seed"]) if meta.get("seed") is not None else int(i))
+    return seeds
+
+
+def play_held_in_game(seeds: list[int], action: float, max_steps: int, shift_steps: int):
+    """Each seed's game with ``action`` held: lengths, deaths, and the view shifts."""
+    from worldmodels.envs import make_vec_env
+
+    n = len(seeds)
+    lengths, died, shifts = np.zeros(n), np.zeros(n, bool), np.full(n, np.nan)
+    with make_vec_env("doom", num_envs=n, max_steps=max_steps, quiet=True) as env:
+        first = env.preprocess(env.reset(seeds=seeds))
+        running = np.ones(n, bool)
+        for t in range(1, max_steps + 1):
+            result = env.step(np.full((n, 1), action, np.float32), running)
+            if t == shift_steps:
+                now = env.preprocess(result.obs)
+                shifts = np.array([horizontal_shift(first[i], now[i]) for i in range(n)])
+                shifts[~running] = np.nan  # ended sooner: no view to compare
+            lengths[running] += 1
+            died |= result.terminated & running
+            running &= ~(result.terminated | result.truncated)
+            if not running.any():
+                break
+    return lengths, died, shifts
+
+
+@torch.no_grad()
+def dream_held(env: DreamEnv, vae: ConvVAE, picked, action: float, shift_steps: int):
+    """Each start's dream with ``action`` held: lengths, deaths, and the decoded view shifts."""
+    n = env.num_envs
+    seen: dict[int, torch.Tensor] = {}
+    held = torch.full((n, env.mdrnn.action_size), action, device=env.device)
+
+    def act(ids, obs, taken):
+        for t in (0, shift_steps):
+            if t not in seen and int(taken.max()) == t:
+                seen[t] = obs.clone()
+        return held
+
+    dreams = drive_dreams(env, act, torch.as_tensor(picked))
+    shifts = np.full(n, np.nan)
+    if 0 in seen and shift_steps in seen:
+        frames = [vae.decode(seen[t].to(next(vae.parameters()).device)) for t in (0, shift_steps)]
+        first, later = (f.permute(0, 2, 3, 1).cpu().numpy() for f in frames)
+        shifts = np.array([horizontal_shift(first[i], later[i]) for i in range(n)])
+        shifts[dreams.lengths.numpy() < shift_steps] = np.nan  # ended sooner
+    return dreams.lengths.numpy(), dreams.died.numpy(), shifts
+
+
+def probe_held_actions(
+    mdrnn: MDNRNN,
+    vae: ConvVAE,
+    series_path: str | Path,
+    dream: DreamConfig,
+    episodes: int = 16,
+    shift_steps: int = 8,
+    max_steps: int | None = None,
+    seed: int = 0,
+) -> HeldActionProbe:
+    """Left, stay and right held from up to ``episodes`` real starts, game beside dream."""
+    from worldmodels.memory.data import open_series
+
+    if mdrnn.action_size != 1:
+        raise ValueError("held-action probes are for Doom (one action); this M takes more")
+    info = open_series(series_path, mdrnn.z_size, mdrnn.action_size)
+    picked = evenly_spaced(len(info.store), episodes)
+    seeds = _episode_seeds(info.store, picked)
+    latents = load_initial_latents(series_path, mdrnn.z_size, mdrnn.action_size)
+    limit = max_steps or dream.max_steps
+    rows = []
+    for name, action in HELD.items():
+        env = DreamEnv(
+            mdrnn,
+            latents,
+            len(picked),
+            temperature=dream.temperature,
+            max_steps=limit,
+            obs_mode="z",
+            done_threshold=dream.done_threshold,
+            seed=seed,
+        )
+        d_len, d_died, d_shift = dream_held(env, vae, picked, action, shift_steps)
+        g_len, g_died, g_shift = play_held_in_game(seeds, action, limit, shift_steps)
+        rows.append(
+            HeldAction(
+                name,
+                game_length=float(g_len.mean()),
+                dream_length=float(d_len.mean()),
+                game_deaths=float(g_died.mean()),
+                dream_deaths=float(d_died.mean()),
+                game_shift=_mean_or_zero(g_shift),
+                dream_shift=_mean_or_zero(d_shift),
+            )
+        )
+    return HeldActionProbe(len(picked), dream.temperature, shift_steps, rows)
