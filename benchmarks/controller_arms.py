@@ -33,14 +33,20 @@ COPIED = ("vae", "mdrnn")
 ARMS = {
     "no-crn": (
         "16 x 2, every candidate its own tracks (before)",
-        ["controller.common_seeds=false"],
+        ["controller.common_seeds=false", "controller.z_mode=sample"],
     ),
-    "crn": ("16 x 2, common tracks per generation", []),
+    "crn": ("16 x 2, common tracks per generation", ["controller.z_mode=sample"]),
     "crn-mu": ("16 x 2, common tracks, C sees mu (not a sample)", ["controller.z_mode=mean"]),
-    "crn-8x4": ("8 x 4, common tracks", ["controller.popsize=8", "controller.rollouts=4"]),
-    "crn-32x2": ("32 x 2, common tracks", ["controller.popsize=32"]),
-    "crn-4x8": ("4 x 8, common tracks", ["controller.popsize=4", "controller.rollouts=8"]),
-    "z-only": ("16 x 2, common tracks, C sees z only (no M)", ["controller.mode=z"]),
+    "crn-8x4": (
+        "8 x 4, common tracks",
+        ["controller.popsize=8", "controller.rollouts=4", "controller.z_mode=sample"],
+    ),
+    "crn-32x2": ("32 x 2, common tracks, mu", ["controller.popsize=32", "controller.z_mode=mean"]),
+    "crn-4x8": (
+        "4 x 8, common tracks, mu",
+        ["controller.popsize=4", "controller.rollouts=8", "controller.z_mode=mean"],
+    ),
+    "z-only": ("16 x 2, common tracks, mu, C sees z only (no M)", ["controller.mode=z"]),
 }
 
 
@@ -114,7 +120,7 @@ def plot(arms: dict[str, Path], path: Path) -> None:
         if points:
             ax.plot(*zip(*points, strict=True), marker="o", ms=3, lw=1, label=name)
     ax.set_xlabel("CMA-ES minutes (arms run side by side)")
-    ax.set_ylabel("mean-eval of the distribution mean (16 selection tracks)")
+    ax.set_ylabel("mean-eval (16 selection tracks)")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     fig.tight_layout()
