@@ -19,6 +19,7 @@ import torch
 
 from worldmodels.controller.model import ControllerSpec, check_params
 from worldmodels.controller.policy import WorldModelPolicy
+from worldmodels.envs import preprocess_for
 from worldmodels.utils.device import pick_device
 
 
@@ -78,7 +79,7 @@ class Agent:
             spec,
             dev,
             z_mode=info.get("z_mode", "sample"),
-            preprocess=_preprocessor(env),
+            preprocess=preprocess_for(env),
         )
         return cls(policy, params, env)
 
@@ -100,17 +101,3 @@ class Agent:
         params = self._params_t.expand(self.batch_size, -1)
         actions, self.last_z = self.policy.act(frames, slots, params)
         return actions
-
-
-def _preprocessor(env: str):
-    """The raw-frame preprocessing of the game an agent plays."""
-    from worldmodels.envs import env_id_for
-
-    env_id_for(env)  # unknown names are an error naming the choices
-    if env == "doom":
-        from worldmodels.envs.doom import preprocess_doom_frames
-
-        return preprocess_doom_frames
-    from worldmodels.envs.preprocess import preprocess_frames
-
-    return preprocess_frames

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from worldmodels.envs import BACKENDS, ENV_IDS
 from worldmodels.utils.io import atomic_write_json
 
 T = TypeVar("T")
@@ -48,9 +49,11 @@ class CollectConfig:
             raise ValueError(
                 f"min_length must be in 0..max_steps ({self.max_steps}), got {self.min_length}"
             )
-        _check_choice("env", self.env, ("carracing", "doom"))
-        _check_choice("backend", self.backend, ("auto", "gymnasium", "envpool"))
-        _check_choice("policy", self.policy, ("brownian", "random_weights", "doom_random"))
+        from worldmodels.data.policies import POLICIES
+
+        _check_choice("env", self.env, tuple(ENV_IDS))
+        _check_choice("backend", self.backend, BACKENDS)
+        _check_choice("policy", self.policy, tuple(POLICIES))
         if self.env == "doom":
             from worldmodels.envs.doom import require_vizdoom
 
@@ -214,12 +217,15 @@ class ControllerConfig:
             raise ValueError(f"early_stop must be positive, got {self.early_stop}")
         if self.eval_every < 0 or self.weight_decay < 0:
             raise ValueError("eval_every and weight_decay must be >= 0")
-        _check_choice("mode", self.mode, ("zh", "z", "z_hidden", "zch"))
-        _check_choice("env", self.env, ("carracing", "doom"))
-        if (self.env == "doom") != (self.mode == "zch"):
+        from worldmodels.controller.model import DOOM_MODES, MODES
+        from worldmodels.controller.policy import Z_MODES
+
+        _check_choice("mode", self.mode, (*MODES, *DOOM_MODES))
+        _check_choice("env", self.env, tuple(ENV_IDS))
+        if (self.env == "doom") != (self.mode in DOOM_MODES):
             raise ValueError(f"mode 'zch' is Doom's controller; env {self.env!r} got {self.mode!r}")
-        _check_choice("z_mode", self.z_mode, ("sample", "mean"))
-        _check_choice("backend", self.backend, ("auto", "gymnasium", "envpool"))
+        _check_choice("z_mode", self.z_mode, Z_MODES)
+        _check_choice("backend", self.backend, BACKENDS)
 
 
 @dataclass

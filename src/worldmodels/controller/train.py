@@ -20,7 +20,7 @@ from worldmodels.config import ControllerConfig, save_config
 from worldmodels.controller.model import ControllerSpec
 from worldmodels.controller.policy import WorldModelPolicy
 from worldmodels.controller.rollout import RolloutEngine
-from worldmodels.envs import make_vec_env
+from worldmodels.envs import make_vec_env, preprocess_for
 from worldmodels.evolution.cmaes import ESSettings, ESState, run_es
 from worldmodels.utils.device import pick_device
 from worldmodels.utils.io import atomic_write, atomic_write_bytes, atomic_write_json, read_json
@@ -99,7 +99,7 @@ def train_controller(
     else:
         spec = ControllerSpec(z_size=vae.z_size, hidden_size=hidden, mode=config.mode)
     policy = WorldModelPolicy(
-        vae, mdrnn, spec, device, z_mode=config.z_mode, preprocess=env_class(config.env).preprocess
+        vae, mdrnn, spec, device, z_mode=config.z_mode, preprocess=preprocess_for(config.env)
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, out_dir / "config.json")
@@ -184,17 +184,6 @@ def make_engine(config: ControllerConfig, policy: WorldModelPolicy, vae_path, md
     return RolloutEngine(policy, groups)
 
 
-def env_class(env: str):
-    """The batch class of a game (each brings its own frame preprocessing)."""
-    if env == "doom":
-        from worldmodels.envs.doom import VecDoom
-
-        return VecDoom
-    from worldmodels.envs.carracing import VecCarRacing
-
-    return VecCarRacing
-
-
 def make_env_groups(
     backend: str,
     num_envs: int,
@@ -225,8 +214,8 @@ def make_env_groups(
                 )
             )
     except BaseException:
-        for env in made:
-            env.close()
+        for batch in made:
+            batch.close()
         raise
     return made
 

@@ -57,6 +57,18 @@ def env_id_for(env: str) -> str:
         raise ValueError(f"unknown env {env!r}; choose one of {', '.join(ENV_IDS)}") from None
 
 
+def preprocess_for(env: str):
+    """The raw-frame preprocessing of a game (each env class brings its own)."""
+    env_id_for(env)  # unknown names are an error naming the choices
+    if env == "doom":
+        from worldmodels.envs.doom import preprocess_doom_frames
+
+        return preprocess_doom_frames
+    from worldmodels.envs.preprocess import preprocess_frames
+
+    return preprocess_frames
+
+
 def make_vec_env(
     env: str = "carracing",
     backend: str = "auto",
