@@ -21,3 +21,23 @@ def small_store(tmp_path_factory):
     config = CollectConfig(backend=FAST_BACKEND, episodes=6, max_steps=80, num_envs=3, seed=7)
     collect(config, str(out), progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """A whole CarRacing run of the smoke preset (V, M, series, C, eval): read, never changed."""
+    from worldmodels.cli import main
+
+    out = tmp_path_factory.mktemp("pipeline") / "smoke"
+    assert main(["pipeline", "--preset", "smoke", "--out", str(out), "--no-progress"]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def doom_run(tmp_path_factory):
+    """A whole Doom run of the doom-smoke preset (C trained in the dream)."""
+    from worldmodels.cli import main
+
+    out = tmp_path_factory.mktemp("pipeline") / "doom"
+    assert main(["pipeline", "--preset", "doom-smoke", "--out", str(out), "--no-progress"]) == 0
+    return out

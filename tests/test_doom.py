@@ -194,13 +194,6 @@ def test_a_missing_vizdoom_names_the_install_command(monkeypatch, tmp_path, caps
     assert not (tmp_path / "x").exists()  # nothing written
 
 
-@pytest.fixture(scope="module")
-def doom_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("pipeline") / "doom"
-    assert main(["pipeline", "--preset", "doom-smoke", "--out", str(out), "--no-progress"]) == 0
-    return out
-
-
 def test_doom_smoke_pipeline_trains_in_the_dream_and_scores_in_the_game(doom_run):
     import json
 

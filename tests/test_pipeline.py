@@ -14,13 +14,6 @@ from worldmodels.controller.train import BEST
 from worldmodels.pipeline import STAGES, run_pipeline
 
 
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("pipeline") / "smoke"
-    assert main(["pipeline", "--preset", "smoke", "--out", str(out), "--no-progress"]) == 0
-    return out
-
-
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_every_preset_is_valid_and_survives_its_config_file(name):
     config = PRESETS[name]

@@ -27,6 +27,7 @@ COMMANDS = [
     "dream-sweep",
     "evaluate",
     "pipeline",
+    "play",
     "info",
 ]
 

@@ -82,8 +82,18 @@ class WorldModelPolicy:
             self.rngs[slot] = np.random.default_rng(seed)
 
     @torch.inference_mode()
-    def act(self, raw_frames: np.ndarray, slots: np.ndarray, params: torch.Tensor):
-        """Actions (n, A) float32 for raw frames (n, H, W, 3) in ``slots``, and their z."""
+    def act(
+        self,
+        raw_frames: np.ndarray,
+        slots: np.ndarray,
+        params: torch.Tensor,
+        taken: np.ndarray | None = None,
+    ):
+        """Actions (n, A) float32 for raw frames (n, H, W, 3) in ``slots``, and their z.
+
+        ``taken`` (n, A): actions chosen by someone else (a person on the play page); they are
+        returned and M's state follows them instead of C's, so C can take over at any step.
+        """
         slots = np.asarray(slots)
         x = frames_to_input(self.preprocess(raw_frames), self.device, channels_last=True)
         mu, logvar = self.vae.encode(x)
@@ -99,6 +109,9 @@ class WorldModelPolicy:
         elif self.spec.uses_memory:
             inputs = torch.cat([z, self.h[0, slots]], dim=1)
         actions = controller_actions(params, inputs, self.spec)
+        if taken is not None:
+            actions = torch.as_tensor(taken, dtype=actions.dtype, device=actions.device)
+            actions = actions.reshape(len(slots), self.spec.action_size)
         if self.spec.uses_memory:
             restart = None
             if self.mdrnn.extra_inputs:

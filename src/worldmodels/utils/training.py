@@ -77,10 +77,23 @@ def load_checkpoint(
     try:
         state = torch.load(path, map_location=map_location, weights_only=weights_only)
     except Exception as e:  # torch raises several types for a damaged file
-        raise ValueError(f"checkpoint {path} is corrupt or not a torch file: {e}") from None
+        raise ValueError(
+            f"checkpoint {path} is corrupt or not a torch file: {load_error_reason(e)}"
+        ) from None
     if not isinstance(state, dict):
         raise ValueError(f"checkpoint {path} does not hold a state dict")
     return state
+
+
+def load_error_reason(error: Exception) -> str:
+    """torch.load's reason in one line (its weights-only refusal is a page of advice)."""
+    text = str(error)
+    refused = "WeightsUnpickler error:" in text
+    if refused:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    reason = lines[0][:300] if lines else type(error).__name__
+    return f"refused by the weights-only loader: {reason}" if refused else reason
 
 
 def check_finite(loss: torch.Tensor, step: int, checkpoints: Checkpointer) -> None:
