@@ -79,6 +79,14 @@ def add_ray_arguments(p: argparse.ArgumentParser) -> None:
         help="CPUs each Ray worker reserves (workers = cluster CPUs / this)",
     )
     p.add_argument("--ray-workers", type=positive_int, default=None, help="fix the worker count")
+    p.add_argument(
+        "--ray-timeout",
+        type=positive_int,
+        default=600,
+        metavar="SECONDS",
+        help="give up, naming what is missing, when no work finishes for this long (a lost "
+        "node whose workers cannot be placed again)",
+    )
 
 
 def ray_settings(args):
@@ -86,7 +94,10 @@ def ray_settings(args):
     from worldmodels.distributed.cluster import settings_from_flag
 
     return settings_from_flag(
-        args.ray, cpus_per_worker=args.ray_cpus_per_worker, workers=args.ray_workers
+        args.ray,
+        cpus_per_worker=args.ray_cpus_per_worker,
+        workers=args.ray_workers,
+        stall_timeout_s=float(args.ray_timeout),
     )
 
 

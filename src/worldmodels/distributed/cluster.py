@@ -10,12 +10,20 @@ import functools
 import hashlib
 import os
 import socket
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 INSTALL_HINT = 'pip install -e ".[ray]"'
 LOCAL = "local"
-CONNECT_TIMEOUT_S = 5.0
+CONNECT_TIMEOUT_S = 5.0  # TCP reach of a head's address
+# what a gRPC server (Ray's head, or its ray:// client server) answers to HTTP/2's preface
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+HTTP2_SETTINGS = 4
+
+
+class ClusterError(ConnectionError):
+    """The cluster cannot do what was asked within the time allowed (named in the message)."""
 
 
 @dataclass
@@ -32,6 +40,10 @@ class RaySettings:
     cpus_per_worker: int = 1
     workers: int | None = None
     max_retries: int = 3  # times one chunk of work is re-run after its worker died
+    # seconds with no chunk finished (or no worker started) before giving up: a worker that
+    # cannot be placed again (its node gone, no other with room) would be waited for forever
+    stall_timeout_s: float = 600.0
+    connect_timeout_s: float = 60.0  # ray.init against an address that answers
 
     def validate(self) -> None:
         if self.cpus_per_worker < 1:
@@ -40,6 +52,11 @@ class RaySettings:
             raise ValueError(f"workers must be positive, got {self.workers}")
         if self.max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {self.max_retries}")
+        if not (self.stall_timeout_s > 0 and self.connect_timeout_s > 0):
+            raise ValueError(
+                f"timeouts must be positive, got stall {self.stall_timeout_s}, connect "
+                f"{self.connect_timeout_s}"
+            )
 
 
 def settings_from_flag(flag: str | None, **kwargs) -> RaySettings | None:
@@ -61,36 +78,86 @@ def require_ray():
 
 
 def connect(settings: RaySettings):
-    """Join (or start) the cluster; an unreachable address fails within seconds, naming it."""
+    """Join (or start) the cluster. An unreachable address, or one that answers but is not
+    Ray, fails within seconds naming it; a join that hangs ends after ``connect_timeout_s``."""
     ray = require_ray()
     if ray.is_initialized():
         return ray
     address = settings.address
     if address not in (LOCAL, "auto"):
         check_reachable(address)
-    try:
-        if address == LOCAL:
-            ray.init(include_dashboard=False, log_to_driver=False)
-        else:
-            ray.init(address=address, log_to_driver=False)
-    except ConnectionError as e:
-        raise ConnectionError(f"cannot join the Ray cluster at {address!r}: {e}") from None
+        check_speaks_grpc(address)
+    if address == LOCAL:
+        kwargs = {"include_dashboard": False, "log_to_driver": False}
+    else:
+        kwargs = {"address": address, "log_to_driver": False}
+    outcome: list = []
+
+    def join() -> None:
+        try:
+            ray.init(**kwargs)
+            outcome.append(None)
+        except BaseException as e:  # handed to the caller's thread
+            outcome.append(e)
+
+    thread = threading.Thread(target=join, name="ray-init", daemon=True)
+    thread.start()
+    thread.join(settings.connect_timeout_s)
+    if not outcome:
+        raise ClusterError(
+            f"joining the Ray cluster at {address!r} did not finish within "
+            f"{settings.connect_timeout_s:g} s (is it a Ray head of the same Ray version?)"
+        )
+    if isinstance(outcome[0], ConnectionError):
+        raise ConnectionError(f"cannot join the Ray cluster at {address!r}: {outcome[0]}") from None
+    if outcome[0] is not None:
+        raise outcome[0]
     return ray
 
 
-def check_reachable(address: str) -> None:
+def split_address(address: str) -> tuple[str, int]:
     target = address.removeprefix("ray://")
     host, _, port = target.rpartition(":")
     if not host or not port.isdigit():
         raise ValueError(f"Ray address {address!r} is not HOST:PORT, 'auto' or 'local'")
+    return host, int(port)
+
+
+def check_reachable(address: str) -> None:
+    host, port = split_address(address)
     try:
-        with socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S):
+        with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S):
             pass
     except OSError as e:
         raise ConnectionError(
             f"cannot reach the Ray cluster at {address}: {e.strerror or e} "
             f"(is `ray start --head` running there, and is port {port} open?)"
         ) from None
+
+
+def check_speaks_grpc(address: str) -> None:
+    """Ray's head (GCS) and its client server are gRPC: they answer HTTP/2's preface with a
+    SETTINGS frame. Anything else on that port (a web server, a database, a silent listener)
+    is named at once instead of leaving ``ray.init`` to retry for minutes."""
+    host, port = split_address(address)
+    reply = b""
+    try:
+        with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S) as sock:
+            sock.settimeout(CONNECT_TIMEOUT_S)
+            sock.sendall(HTTP2_PREFACE)
+            while len(reply) < 9:
+                part = sock.recv(9 - len(reply))
+                if not part:
+                    break
+                reply += part
+    except OSError:
+        pass  # a timeout or reset: judged by what arrived
+    if len(reply) < 9 or reply[3] != HTTP2_SETTINGS:
+        raise ClusterError(
+            f"{address} answers but is not a Ray head: it does not speak gRPC (no HTTP/2 "
+            f"settings in reply within {CONNECT_TIMEOUT_S:g} s); give the head's GCS port "
+            "(6379 by default) or its ray:// client port (10001)"
+        )
 
 
 def worker_count(ray, settings: RaySettings) -> int:
@@ -135,14 +202,40 @@ def node_report() -> tuple[str, str]:
     return socket.gethostname(), code_fingerprint()
 
 
-def run_chunks(ray, workers: list, chunks: list, call, on_done, max_retries: int) -> int:
+def cluster_state(ray) -> str:
+    """What the cluster has now, for error messages: alive nodes and their CPUs."""
+    try:
+        alive = [n for n in ray.nodes() if n.get("Alive")]
+        cpus = sum(n.get("Resources", {}).get("CPU", 0) for n in alive)
+        return f"the cluster has {len(alive)} alive node(s) with {cpus:g} CPUs"
+    except Exception:  # the message must not fail while reporting a failure
+        return "the cluster's state could not be read"
+
+
+def get_within(ray, refs: list, settings: RaySettings, what: str) -> list:
+    """``ray.get(refs)``, or a ClusterError after ``stall_timeout_s`` naming what is missing."""
+    from ray.exceptions import GetTimeoutError
+
+    try:
+        return ray.get(refs, timeout=settings.stall_timeout_s)
+    except GetTimeoutError:
+        raise ClusterError(
+            f"{what} did not answer within {settings.stall_timeout_s:g} s; "
+            f"{cluster_state(ray)}, each worker needs {settings.cpus_per_worker} "
+            "(add nodes, use fewer workers, or raise the stall timeout)"
+        ) from None
+
+
+def run_chunks(ray, workers: list, chunks: list, call, on_done, settings: RaySettings) -> int:
     """Run every chunk of work on the workers, keeping each busy; returns how many re-runs.
 
     ``call(worker, chunk)`` submits one chunk and returns its ObjectRef; ``on_done(index,
     result)`` takes each finished chunk's result. A chunk whose worker died (killed process,
-    lost node) is handed to another worker and run again, at most ``max_retries`` times;
-    Ray restarts the dead worker meanwhile. An exception raised by the work itself is a bug
-    or bad input, not a lost worker: it propagates at once.
+    lost node) is handed to another worker and run again, at most ``settings.max_retries``
+    times; Ray restarts the dead worker meanwhile. If no chunk finishes for
+    ``settings.stall_timeout_s`` (a dead worker that cannot be placed again: no node left with
+    room), a ClusterError names the waiting chunks and what the cluster has. An exception
+    raised by the work itself is a bug or bad input, not a lost worker: it propagates at once.
     """
     from ray.exceptions import RayActorError
 
@@ -157,13 +250,22 @@ def run_chunks(ray, workers: list, chunks: list, call, on_done, max_retries: int
     for w in range(min(len(workers), len(queue))):
         submit(queue.pop(0), w)
     while pending:
-        (ref,), _ = ray.wait(list(pending), num_returns=1)
+        ready, _ = ray.wait(list(pending), num_returns=1, timeout=settings.stall_timeout_s)
+        if not ready:
+            waiting = sorted(index for index, _ in pending.values())
+            raise ClusterError(
+                f"no chunk of work finished in {settings.stall_timeout_s:g} s (waiting on "
+                f"chunk(s) {waiting} of {len(chunks)}); {cluster_state(ray)}, each worker "
+                f"needs {settings.cpus_per_worker}: a lost node's workers cannot be placed "
+                "again (add nodes, or raise the stall timeout for slow work)"
+            )
+        (ref,) = ready
         index, w = pending.pop(ref)
         try:
             result = ray.get(ref)
         except RayActorError as e:
             attempts[index] += 1
-            if attempts[index] > max_retries:
+            if attempts[index] > settings.max_retries:
                 raise RuntimeError(
                     f"chunk {index} failed {attempts[index]} times, its workers died: {e}"
                 ) from None

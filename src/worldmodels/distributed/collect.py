@@ -20,6 +20,7 @@ from worldmodels.distributed.cluster import (
     RaySettings,
     check_same_code,
     connect,
+    get_within,
     node_report,
     run_chunks,
     worker_count,
@@ -82,7 +83,11 @@ def collect_on_ray(
         for _ in range(n)
     ]
     try:
-        check_same_code(ray.get([w.report.remote() for w in workers]))
+        check_same_code(
+            get_within(
+                ray, [w.report.remote() for w in workers], settings, "the collection workers"
+            )
+        )
         size = per_worker.num_envs
         chunks = [todo[i : i + size] for i in range(0, len(todo), size)]
         existing = len(writer.existing_indices())
@@ -99,7 +104,7 @@ def collect_on_ray(
             bar.update(len(chunks[index]))
 
         try:
-            run_chunks(ray, workers, chunks, call, on_done, settings.max_retries)
+            run_chunks(ray, workers, chunks, call, on_done, settings)
         finally:
             bar.close()
     finally:

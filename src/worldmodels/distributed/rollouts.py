@@ -23,6 +23,7 @@ from worldmodels.distributed.cluster import (
     balanced_chunks,
     check_same_code,
     connect,
+    get_within,
     gpus_per_worker,
     node_report,
     run_chunks,
@@ -135,7 +136,9 @@ class RayRolloutPool:
             )
             for w in range(n)
         ]
-        reports = ray.get([w.report.remote() for w in workers])
+        reports = get_within(
+            ray, [w.report.remote() for w in workers], settings, "the rollout workers"
+        )
         check_same_code([(node, fp) for node, fp, _ in reports])
         return cls(ray, workers, settings, [pid for _, _, pid in reports])
 
@@ -168,9 +171,7 @@ class RayRolloutPool:
                 for job in chunk:
                     on_episode(job, float(returns[job]))
 
-        self.reruns += run_chunks(
-            self.ray, self.workers, chunks, call, on_done, self.settings.max_retries
-        )
+        self.reruns += run_chunks(self.ray, self.workers, chunks, call, on_done, self.settings)
         self.busy_seconds = max(busy.values(), default=0.0)
         return RolloutResult(returns, lengths, env_steps, time.perf_counter() - start)
 
