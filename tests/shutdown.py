@@ -58,16 +58,19 @@ def wait_for(condition, timeout: float, what: str) -> None:
         time.sleep(0.1)
 
 
-def stop_and_check_nothing_is_left(proc: subprocess.Popen, signum: int, workers: int):
+def stop_and_check_nothing_is_left(
+    proc: subprocess.Popen, signum: int, workers: int, grace: float = 10
+):
     """Wait for ``workers`` children, send ``signum`` to the main process only; returns its
-    (exit code, stderr) once the command and every process it started are gone."""
+    (exit code, stderr) once the command and every process it started are gone (``grace``
+    seconds after the command ended, at most)."""
     try:
         wait_for(lambda: len(children(proc.pid)) >= workers, 120, f"{workers} worker processes")
         time.sleep(1.0)  # let them get to work
         started = children(proc.pid)
         os.kill(proc.pid, signum)
         _, err = proc.communicate(timeout=60)
-        wait_for(lambda: not any(alive(p) for p in started), 10, "the workers to exit")
+        wait_for(lambda: not any(alive(p) for p in started), grace, "the workers to exit")
         return proc.returncode, err
     finally:
         if proc.poll() is None:

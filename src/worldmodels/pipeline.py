@@ -16,10 +16,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from worldmodels.config import PipelineConfig, config_differences, from_dict, to_dict
+from worldmodels.config import (
+    STAGES,
+    PipelineConfig,
+    config_differences,
+    from_dict,
+    to_dict,
+)
 from worldmodels.utils.io import atomic_write_json, read_json
-
-STAGES = ("collect", "train-vae", "encode", "train-mdrnn", "train-controller", "evaluate", "report")
 
 
 @dataclass

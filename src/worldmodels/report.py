@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from worldmodels.pipeline import STAGES
+from worldmodels.config import STAGES
 from worldmodels.utils.io import atomic_write_bytes, read_json
 
 
