@@ -23,10 +23,15 @@ from worldmodels.distributed.cluster import (
 ray = pytest.importorskip("ray", reason='Ray is not installed (pip install -e ".[ray]")')
 
 
-class Sleeper:
-    def work(self, seconds: float) -> float:
-        time.sleep(seconds)
-        return seconds
+def sleeper_class():
+    """An actor class defined here, so Ray ships it by value (workers cannot import tests)."""
+
+    class Sleeper:
+        def work(self, seconds: float) -> float:
+            time.sleep(seconds)
+            return seconds
+
+    return Sleeper
 
 
 @pytest.fixture
@@ -46,7 +51,7 @@ def two_node_cluster():
 def test_a_lost_node_ends_the_wait_with_the_cluster_named(two_node_cluster):
     cluster, node = two_node_cluster
     settings = RaySettings(address="auto", stall_timeout_s=15, max_retries=3)
-    worker = ray.remote(Sleeper).options(num_cpus=1, max_restarts=-1, max_task_retries=0)
+    worker = ray.remote(sleeper_class()).options(num_cpus=1, max_restarts=-1, max_task_retries=0)
     workers = [worker.remote()]
     assert ray.get(workers[0].work.remote(0)) == 0  # placed and working
     done = []
@@ -69,7 +74,7 @@ def test_a_lost_node_ends_the_wait_with_the_cluster_named(two_node_cluster):
 
 def test_workers_that_cannot_start_are_named(two_node_cluster):
     settings = RaySettings(address="auto", cpus_per_worker=4, stall_timeout_s=5)
-    big = ray.remote(Sleeper).options(num_cpus=4)
+    big = ray.remote(sleeper_class()).options(num_cpus=4)
     start = time.monotonic()
     with pytest.raises(
         ClusterError,

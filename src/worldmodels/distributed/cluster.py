@@ -11,6 +11,7 @@ import hashlib
 import os
 import socket
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,7 @@ CONNECT_TIMEOUT_S = 5.0  # TCP reach of a head's address
 # what a gRPC server (Ray's head, or its ray:// client server) answers to HTTP/2's preface
 HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
 HTTP2_SETTINGS = 4
+RESTART_POLL_S = 0.5  # between asks to a worker Ray is restarting
 
 
 class ClusterError(ConnectionError):
@@ -239,10 +241,12 @@ def run_chunks(ray, workers: list, chunks: list, call, on_done, settings: RaySet
     """
     from ray.exceptions import RayActorError
 
+    unavailable = getattr(ray.exceptions, "ActorUnavailableError", ())
     queue = list(range(len(chunks)))
     attempts = [0] * len(chunks)
     pending: dict = {}
     reruns = 0
+    last_progress = time.monotonic()
 
     def submit(index: int, w: int) -> None:
         pending[call(workers[w], chunks[index])] = (index, w)
@@ -250,7 +254,8 @@ def run_chunks(ray, workers: list, chunks: list, call, on_done, settings: RaySet
     for w in range(min(len(workers), len(queue))):
         submit(queue.pop(0), w)
     while pending:
-        ready, _ = ray.wait(list(pending), num_returns=1, timeout=settings.stall_timeout_s)
+        left = settings.stall_timeout_s - (time.monotonic() - last_progress)
+        ready, _ = ray.wait(list(pending), num_returns=1, timeout=max(left, 0.0))
         if not ready:
             waiting = sorted(index for index, _ in pending.values())
             raise ClusterError(
@@ -263,6 +268,12 @@ def run_chunks(ray, workers: list, chunks: list, call, on_done, settings: RaySet
         index, w = pending.pop(ref)
         try:
             result = ray.get(ref)
+        except unavailable:
+            # the worker is being restarted (Ray answers at once): not a new death, so no
+            # retry is spent; ask again shortly, until it is back or the stall timeout ends it
+            time.sleep(RESTART_POLL_S)
+            submit(index, (w + 1) % len(workers))
+            continue
         except RayActorError as e:
             attempts[index] += 1
             if attempts[index] > settings.max_retries:
@@ -273,6 +284,7 @@ def run_chunks(ray, workers: list, chunks: list, call, on_done, settings: RaySet
             submit(index, (w + 1) % len(workers))
             continue
         on_done(index, result)
+        last_progress = time.monotonic()
         if queue:
             submit(queue.pop(0), w)
     return reruns
