@@ -356,27 +356,25 @@ def test_a_browser_plays_the_page(game, request, browser, tmp_path):
     with serving(run) as (url, _):
         browser.get(url)
         wait_for(browser, "return window.play && window.play.last")
-        dream = "return document.getElementById('dream').toDataURL()"
-        before = browser.execute_script(dream)
-        key, expected = (
-            (Keys.ARROW_UP, [0.0, 1.0, 0.0])
-            if game == "carracing"
-            else (
-                Keys.ARROW_LEFT,
-                [-1.0],
-            )
-        )
+        canvases = "return ['dream', 'real'].map((c) => document.getElementById(c).toDataURL())"
+        before = browser.execute_script(canvases)
+        key, expected = {
+            "carracing": (Keys.ARROW_UP, [0.0, 1.0, 0.0]),
+            "doom": (Keys.ARROW_LEFT, [-1.0]),
+        }[game]
         ActionChains(browser).key_down(key).perform()
         # the game goes on while the dream lives; a smoke Doom dream dies within steps
         wait_for(browser, "return window.play.last.real.steps >= 15")
         state = browser.execute_script("return window.play.last")
         ActionChains(browser).key_up(key).perform()
         assert state["real"]["action"] == expected
+        after = browser.execute_script(canvases)
+        assert after[1] != before[1]  # the game's frames change on screen
         if state["dream"]["died"]:  # M's done head ended the dream: the page says so
             assert "dead after" in browser.find_element(By.ID, "dream-over").text
         else:
             assert state["dream"]["steps"] >= 15 and state["dream"]["action"] == expected
-        assert browser.execute_script(dream) != before  # the frames change on screen
+            assert after[0] != before[0]  # and so do the dream's
         browser.save_screenshot(str(tmp_path / f"{game}.png"))
 
         browser.find_element(By.ID, "driver").click()  # C takes the wheel

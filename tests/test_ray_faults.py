@@ -50,6 +50,7 @@ def two_node_cluster():
 
 def test_a_lost_node_ends_the_wait_with_the_cluster_named(two_node_cluster):
     cluster, node = two_node_cluster
+    check_speaks_grpc(cluster.address)  # a real head passes the probe that refuses non-Ray
     settings = RaySettings(address="auto", stall_timeout_s=15, max_retries=3)
     worker = ray.remote(sleeper_class()).options(num_cpus=1, max_restarts=-1, max_task_retries=0)
     workers = [worker.remote()]
