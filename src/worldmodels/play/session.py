@@ -287,6 +287,7 @@ class PlaySession:
         self.real_side: Side | None = None
         self.game = None
         self.policy = None
+        self.last_raw: np.ndarray | None = None  # the game's latest raw frame (C's input)
         if models.features["real"].on:
             self._open_game()
         self.reset()
