@@ -53,25 +53,40 @@ def all_arrays(store_path: Path) -> list[dict[str, np.ndarray]]:
     return [{k: np.asarray(store[i][k]) for k in store[i].keys} for i in range(len(store))]
 
 
-def test_sigkill_at_random_moments_loses_nothing(tmp_path):
-    clean, killed = tmp_path / "clean", tmp_path / "killed"
-    whole = run_to_end(clean)
-    rng = random.Random(20261203)
-    moments = []
-    for _ in range(10):
-        if stage_reached(killed) == "finished":
-            break
-        # each attempt pays the start-up again: kill after a quarter to 90% of a whole run
-        delay = rng.uniform(0.25, 0.9) * whole
-        proc = pipeline(killed)
+def kill_during(out: Path, stage: str, rng: random.Random) -> tuple[float, str] | None:
+    """Start the pipeline, wait until ``stage`` is the one running (by stages.json), then
+    SIGKILL its process group after a random 0.2-2.5 s; None if it finished first."""
+    proc = pipeline(out)
+    try:
+        while stage_reached(out) != stage and proc.poll() is None:
+            if STAGES.index(stage_reached(out)) > STAGES.index(stage):
+                break  # already past it (a stage shorter than one poll)
+            time.sleep(0.02)
+        delay = rng.uniform(0.2, 2.5)
         try:
             proc.wait(timeout=delay)
+            return None
         except subprocess.TimeoutExpired:
-            moments.append((round(delay, 1), stage_reached(killed)))
+            where = stage_reached(out)
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-        finally:
-            proc.stderr.close()
+            return round(delay, 2), where
+    finally:
+        proc.stderr.close()
+
+
+def test_sigkill_at_random_moments_loses_nothing(tmp_path):
+    clean, killed = tmp_path / "clean", tmp_path / "killed"
+    run_to_end(clean)
+    rng = random.Random(20261203)
+    moments = []
+    # follow the run's own progress (not wall time: machines differ): a kill in each stage
+    for stage in STAGES[:-1]:
+        if stage_reached(killed) == "finished":
+            break
+        moment = kill_during(killed, stage, rng)
+        if moment is not None:
+            moments.append(moment)
     run_to_end(killed)
     stages_killed = {stage for _, stage in moments}
     assert len(moments) >= 4 and len(stages_killed) >= 3, f"kills (s, stage): {moments}"

@@ -6,6 +6,8 @@ through :func:`require_ray`. One machine stays the default.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import functools
 import hashlib
 import os
@@ -91,6 +93,7 @@ def connect(settings: RaySettings):
         check_speaks_grpc(address)
     if address == LOCAL:
         kwargs = {"include_dashboard": False, "log_to_driver": False}
+        atexit.register(stop_local_ray, ray)
     else:
         kwargs = {"address": address, "log_to_driver": False}
     outcome: list = []
@@ -114,7 +117,66 @@ def connect(settings: RaySettings):
         raise ConnectionError(f"cannot join the Ray cluster at {address!r}: {outcome[0]}") from None
     if outcome[0] is not None:
         raise outcome[0]
+    if address == LOCAL:
+        start_reaper()
     return ray
+
+
+# Runs in its own process: reads the processes of a local Ray instance, waits for its
+# command to end (end-of-file on stdin, however the command died), then ends those still
+# running (same PID and start time). Ray's GCS and raylet die with their driver, but the
+# agents the raylet starts would outlive a SIGKILLed command forever.
+_REAPER = """
+import sys, json, psutil
+procs = []
+for pid, created in json.loads(sys.stdin.readline()):
+    try:
+        proc = psutil.Process(pid)
+        if proc.create_time() == created:
+            procs.append(proc)
+    except psutil.Error:
+        pass
+sys.stdin.read()
+for proc in procs:
+    try:
+        proc.kill()
+    except psutil.Error:
+        pass
+"""
+
+
+def start_reaper() -> None:
+    """A process that ends this command's local Ray instance when the command ends."""
+    import json
+    import subprocess
+    import sys
+
+    import psutil
+
+    mine = [(p.pid, p.create_time()) for p in psutil.Process().children(recursive=True)]
+    reaper = subprocess.Popen(
+        [sys.executable, "-c", _REAPER], stdin=subprocess.PIPE, start_new_session=True
+    )
+    reaper.stdin.write(json.dumps(mine).encode() + b"\n")
+    reaper.stdin.flush()  # kept open: its end-of-file is this process's end
+
+
+def stop_local_ray(ray) -> None:
+    """At exit of a command that started its own Ray instance: shut it down, then end what
+    Ray leaves running (its dashboard and runtime-env agents outlive a graceful shutdown;
+    they would stay forever, reparented, after a SIGTERM'd command)."""
+    import psutil
+
+    started = psutil.Process().children(recursive=True)
+    ray.shutdown()
+    alive = [p for p in started if p.is_running()]
+    for proc in alive:
+        with contextlib.suppress(psutil.Error):
+            proc.terminate()
+    _, alive = psutil.wait_procs(alive, timeout=5)
+    for proc in alive:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
 
 
 def split_address(address: str) -> tuple[str, int]:
