@@ -117,54 +117,15 @@ def connect(settings: RaySettings):
         raise ConnectionError(f"cannot join the Ray cluster at {address!r}: {outcome[0]}") from None
     if outcome[0] is not None:
         raise outcome[0]
-    if address == LOCAL:
-        start_reaper()
     return ray
-
-
-# Runs in its own process: reads the processes of a local Ray instance, waits for its
-# command to end (end-of-file on stdin, however the command died), then ends those still
-# running (same PID and start time). Ray's GCS and raylet die with their driver, but the
-# agents the raylet starts would outlive a SIGKILLed command forever.
-_REAPER = """
-import sys, json, psutil
-procs = []
-for pid, created in json.loads(sys.stdin.readline()):
-    try:
-        proc = psutil.Process(pid)
-        if proc.create_time() == created:
-            procs.append(proc)
-    except psutil.Error:
-        pass
-sys.stdin.read()
-for proc in procs:
-    try:
-        proc.kill()
-    except psutil.Error:
-        pass
-"""
-
-
-def start_reaper() -> None:
-    """A process that ends this command's local Ray instance when the command ends."""
-    import json
-    import subprocess
-    import sys
-
-    import psutil
-
-    mine = [(p.pid, p.create_time()) for p in psutil.Process().children(recursive=True)]
-    reaper = subprocess.Popen(
-        [sys.executable, "-c", _REAPER], stdin=subprocess.PIPE, start_new_session=True
-    )
-    reaper.stdin.write(json.dumps(mine).encode() + b"\n")
-    reaper.stdin.flush()  # kept open: its end-of-file is this process's end
 
 
 def stop_local_ray(ray) -> None:
     """At exit of a command that started its own Ray instance: shut it down, then end what
     Ray leaves running (its dashboard and runtime-env agents outlive a graceful shutdown;
-    they would stay forever, reparented, after a SIGTERM'd command)."""
+    they would stay forever, reparented, after a SIGTERM'd command). After a SIGKILL no code
+    runs: GCS and raylet still die with the command (Ray fate-shares them), the agents may
+    not."""
     import psutil
 
     started = psutil.Process().children(recursive=True)
