@@ -17,8 +17,8 @@ import resource
 import tempfile
 
 from worldmodels.config import CollectConfig
-from worldmodels.data.collect import collect
 from worldmodels.envs import envpool_available
+from worldmodels.execution import collect
 
 
 def cpu_seconds() -> float:

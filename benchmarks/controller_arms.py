@@ -46,7 +46,15 @@ ARMS = {
         "4 x 8, common tracks, mu",
         ["controller.popsize=4", "controller.rollouts=8", "controller.z_mode=mean"],
     ),
-    "z-only": ("16 x 2, common tracks, mu, C sees z only (no M)", ["controller.mode=z"]),
+    "z-only": ("16 x 2, common tracks, C sees z only (no M)", ["controller.mode=z"]),
+    "mu-s05": (
+        "16 x 2, common tracks, mu, sigma0 0.05",
+        ["controller.z_mode=mean", "controller.sigma0=0.05"],
+    ),
+    "mu-32x4": (
+        "32 x 4, common tracks, mu",
+        ["controller.popsize=32", "controller.rollouts=4", "controller.z_mode=mean"],
+    ),
 }
 
 
@@ -153,7 +161,9 @@ def main() -> None:
         if proc.wait() != 0:
             failed.append(name)
         log.close()
-    rows = [summary(name, arm) for name, arm in arms.items()]
+    # the table keeps the arms of earlier calls that share this --out folder
+    shown = {n: args.out / n for n in ARMS if (args.out / n / "controller").exists()}
+    rows = [summary(name, arm) for name, arm in shown.items()]
     head = "| arm | what | generations | CMA-ES min | env steps | best mean-eval | score (100 ep) |"
     lines = [head, "|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -165,7 +175,7 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     (args.out / "arms.md").write_text(table + "\n")
-    plot(arms, args.out / "arms.png")
+    plot(shown, args.out / "arms.png")
     if failed:
         sys.exit(f"arms failed: {', '.join(failed)} (see their arm.log)")
 

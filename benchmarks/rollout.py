@@ -66,8 +66,7 @@ def naive(steps: int, processes: int) -> float:
 
 
 def engine(steps: int, num_envs: int, backend: str, groups: int) -> float:
-    from worldmodels.controller.rollout import RolloutEngine
-    from worldmodels.controller.train import make_env_groups
+    from worldmodels.controller.rollout import RolloutEngine, make_env_groups
 
     policy = build_policy()
     rng = np.random.default_rng(0)

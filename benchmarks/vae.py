@@ -125,9 +125,9 @@ def run_child(mode: str, store: Path, args, **options) -> dict:
 
 def make_stores(root: Path, sizes: list[int]) -> dict[int, Path]:
     from worldmodels.config import CollectConfig
-    from worldmodels.data.collect import collect
     from worldmodels.data.store import EpisodeStore, StoreWriter
     from worldmodels.envs import envpool_available
+    from worldmodels.execution import collect
 
     backend = "envpool" if envpool_available() else "gymnasium"
     base = root / f"eps{min(sizes)}"

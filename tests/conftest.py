@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from worldmodels.config import CollectConfig
-from worldmodels.data.collect import collect
 from worldmodels.envs import envpool_available
+from worldmodels.execution import collect
 
 torch.set_num_threads(2)
 

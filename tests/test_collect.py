@@ -14,8 +14,8 @@ import pytest
 
 from worldmodels.cli import main
 from worldmodels.config import CollectConfig
-from worldmodels.data.collect import collect
 from worldmodels.data.store import EPISODES_DIR, EpisodeStore, load_manifest
+from worldmodels.execution import collect
 
 
 def test_collect_writes_a_complete_store(small_store):

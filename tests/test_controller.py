@@ -11,13 +11,8 @@ import torch
 from worldmodels.config import ControllerConfig, EvalConfig
 from worldmodels.controller.model import MODES, ControllerSpec, check_params, controller_actions
 from worldmodels.controller.policy import WorldModelPolicy
-from worldmodels.controller.rollout import RolloutEngine
-from worldmodels.controller.train import (
-    TRAIN_SEED_BASE,
-    generation_jobs,
-    generation_seeds,
-    make_env_groups,
-)
+from worldmodels.controller.rollout import RolloutEngine, make_env_groups
+from worldmodels.controller.train import TRAIN_SEED_BASE, generation_jobs, generation_seeds
 from worldmodels.envs import envpool_available, make_vec_env
 from worldmodels.evolution.cmaes import STATE, ESSettings, run_es
 from worldmodels.memory.mdrnn import MDNRNN

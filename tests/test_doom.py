@@ -160,7 +160,8 @@ def test_collect_doom_through_the_usual_collector(tmp_path, capsys):
 
 
 def test_short_episodes_are_dropped_and_replayed_with_new_seeds(tmp_path):
-    from worldmodels.data.collect import collect, pool_seed
+    from worldmodels.data.collect import pool_seed
+    from worldmodels.execution import collect
 
     config = CollectConfig.for_env("doom", episodes=4, max_steps=400, num_envs=2, min_length=300)
     assert config.policy == "doom_random" and config.backend == "auto"

@@ -18,7 +18,6 @@ from worldmodels.controller.model import ControllerSpec
 from worldmodels.controller.policy import WorldModelPolicy
 from worldmodels.controller.rollout import RolloutEngine
 from worldmodels.controller.train import train_controller
-from worldmodels.data.collect import collect
 from worldmodels.data.store import EpisodeStore
 from worldmodels.distributed.cluster import (
     RaySettings,
@@ -28,6 +27,7 @@ from worldmodels.distributed.cluster import (
     settings_from_flag,
 )
 from worldmodels.envs import make_vec_env
+from worldmodels.execution import collect
 from worldmodels.memory.mdrnn import MDNRNN
 from worldmodels.memory.train import load_mdrnn, save_mdrnn
 from worldmodels.vision.train import load_vae, save_vae
@@ -84,9 +84,21 @@ def test_other_code_on_a_node_is_reported():
 
 def test_nothing_imports_ray_without_the_flag():
     code = (
-        "import sys, worldmodels.cli, worldmodels.pipeline, worldmodels.data.collect, "
-        "worldmodels.controller.train; worldmodels.cli.build_parser(); "
-        "assert 'ray' not in sys.modules, 'ray imported'"
+        "import sys, worldmodels.cli, worldmodels.pipeline, worldmodels.execution, "
+        "worldmodels.controller.train, worldmodels.controller.evaluate, worldmodels.dream.train; "
+        "worldmodels.cli.build_parser(); assert 'ray' not in sys.modules, 'ray imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_local_stages_know_nothing_of_the_cluster():
+    """Local or Ray is chosen in worldmodels.execution alone: the local implementations do not
+    import the distributed ones (collect and distributed collect used to import each other)."""
+    code = (
+        "import sys, worldmodels.data.collect, worldmodels.controller.rollout, "
+        "worldmodels.dream.env; "
+        "bad = [m for m in sys.modules if m.startswith('worldmodels.distributed')]; "
+        "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
 
@@ -213,3 +225,79 @@ def test_pipeline_smoke_on_ray_from_the_command_line(ray_instance, tmp_path):
     assert main(["pipeline", "--preset", "smoke", "--out", str(out), "--ray", "--no-progress"]) == 0
     assert (out / "report.md").exists() and (out / "controller" / "best.npy").exists()
     assert len(EpisodeStore(out / "episodes")) == 4
+
+
+def test_evaluation_on_ray_gives_the_local_returns(ray_instance, smoke_run):
+    from worldmodels.agent import Agent
+    from worldmodels.controller.evaluate import evaluate_agent
+
+    agent = Agent.load(smoke_run)
+    kwargs = dict(episodes=4, seed=5, num_envs=2, backend="gymnasium", max_steps=40)
+    local = evaluate_agent(agent, progress=False, **kwargs)
+    distributed = evaluate_agent(agent, progress=False, cluster=LOCAL, **kwargs)
+    assert distributed.seeds == local.seeds == [5, 6, 7, 8]
+    np.testing.assert_allclose(distributed.returns, local.returns, atol=1e-3)
+
+
+def test_a_doom_agent_is_evaluated_on_ray_in_doom(ray_instance, doom_run):
+    """Ray workers play the agent's own game with its own preprocessing (they played CarRacing
+    whatever the agent was before)."""
+    pytest.importorskip("vizdoom")
+    from worldmodels.agent import Agent
+    from worldmodels.controller.evaluate import evaluate_agent
+
+    agent = Agent.load(doom_run)
+    kwargs = dict(episodes=2, seed=3, num_envs=2, max_steps=60)
+    local = evaluate_agent(agent, progress=False, **kwargs)
+    distributed = evaluate_agent(agent, progress=False, cluster=LOCAL, **kwargs)
+    assert distributed.env == "doom"
+    np.testing.assert_array_equal(distributed.returns, local.returns)
+
+
+def test_dreams_on_ray_are_the_local_dreams(ray_instance, doom_run):
+    """A generation's dreams split over two workers equal the same batches dreamt here."""
+    from worldmodels.config import DreamConfig
+    from worldmodels.dream.env import load_initial_latents
+    from worldmodels.dream.train import DreamFitness, controller_spec
+    from worldmodels.execution import dream_runner
+
+    mdrnn_path = doom_run / "mdrnn" / "mdrnn.pt"
+    mdrnn = load_mdrnn(mdrnn_path)
+    latents = load_initial_latents(doom_run / "series")
+    spec = controller_spec("zch", mdrnn)
+    population = np.random.default_rng(0).standard_normal((5, spec.num_params)) * 0.3
+    # 5 candidates x 3 dreams = 15 rows: two tasks of 8 and 7 rows, one per worker
+    dream = DreamConfig(max_steps=60)
+    runner = dream_runner(mdrnn, latents, spec, dream, cluster=LOCAL, mdrnn_path=mdrnn_path)
+    try:
+        assert runner.parallel == 2
+        on_ray = DreamFitness(mdrnn, latents, spec, dream, 3, seed=1, runner=runner)
+        returns, lengths, steps = on_ray.dreams(population, generation=4)
+    finally:
+        runner.close()
+    here = DreamConfig(max_steps=60, max_batch=8)
+    local = DreamFitness(mdrnn, latents, spec, here, 3, seed=1).dreams(population, generation=4)
+    np.testing.assert_array_equal(returns.numpy(), local[0].numpy())
+    np.testing.assert_array_equal(lengths.numpy(), local[1].numpy())
+    assert steps == local[2] == int(lengths.sum())
+
+
+def test_train_in_dream_on_ray(ray_instance, doom_run, tmp_path):
+    from worldmodels.config import ControllerConfig, DreamConfig
+    from worldmodels.dream.train import train_in_dream
+
+    config = ControllerConfig(
+        env="doom",
+        mode="zch",
+        popsize=4,
+        rollouts=2,
+        generations=2,
+        num_envs=2,
+        max_steps=60,
+        eval_every=0,
+    )
+    paths = (doom_run / "mdrnn" / "mdrnn.pt", doom_run / "series", doom_run / "vae" / "vae.pt")
+    summary = train_in_dream(
+        *paths, tmp_path, config, DreamConfig(max_steps=60), progress=False, cluster=LOCAL
+    )
+    assert summary.generations == 2 and (tmp_path / "best.npy").exists()

@@ -3,10 +3,19 @@ its worker processes never outlive it, even when it is killed with SIGKILL."""
 
 from __future__ import annotations
 
+import os
 import signal
+from pathlib import Path
 
 import pytest
-from shutdown import needs_proc, start, stop_and_check_nothing_is_left
+from shutdown import (
+    alive,
+    children,
+    needs_proc,
+    start,
+    stop_and_check_nothing_is_left,
+    wait_for,
+)
 
 from worldmodels.data.store import EpisodeStore
 
@@ -54,11 +63,44 @@ def test_a_terminated_doom_collection_leaves_no_game_behind(tmp_path):
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
 def test_a_stopped_ray_collection_leaves_no_ray_process(tmp_path, signum):
-    """The local Ray instance a command starts (GCS, raylet, workers, agents) goes with it.
-    (After a SIGKILL of the command Ray's agents can outlive it: not handled yet.)"""
+    """The local Ray instance a command starts (GCS, raylet, workers, agents) goes with it,
+    and the same command run again finishes the work on a fresh instance."""
     pytest.importorskip("ray")
-    args = [*collect_args(tmp_path / "episodes"), "--ray", "local", "--ray-workers", "2"]
+    out = tmp_path / "episodes"
+    args = [*collect_args(out), "--ray", "local", "--ray-workers", "2"]
     proc = start(*args, "--no-progress")
     # GCS server, raylet and at least the two collection workers' processes
     code, err = stop_and_check_nothing_is_left(proc, signum, workers=4, grace=30)
     assert code == 128 + signum, err
+    again = start(*args, "--no-progress")
+    _, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err
+    assert len(EpisodeStore(out)) == 4
+
+
+def ray_agents(pids) -> list[int]:
+    def name(pid):
+        try:
+            return Path(f"/proc/{pid}/cmdline").read_text()
+        except OSError:
+            return ""
+
+    return [p for p in pids if name(p).startswith(("ray::DashboardAgent", "ray::RuntimeEnvAgent"))]
+
+
+def test_a_killed_ray_command_leaves_no_ray_process(tmp_path):
+    """After a SIGKILL no code of the command runs: Ray's agents, which outlived it by a
+    minute or more, are ended by the reaper the command started with its Ray instance."""
+    pytest.importorskip("ray")
+    args = [*collect_args(tmp_path / "episodes"), "--ray", "local", "--ray-workers", "2"]
+    proc = start(*args, "--no-progress")
+    try:
+        wait_for(lambda: len(ray_agents(children(proc.pid))) == 2, 120, "Ray's two agents")
+        started = children(proc.pid)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        wait_for(lambda: not any(alive(p) for p in started), 15, "every Ray process to exit")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

@@ -38,6 +38,17 @@ def find_controller_dir(run_dir: str | Path) -> Path:
     )
 
 
+def load_params(path: Path, spec: ControllerSpec) -> np.ndarray:
+    """C's parameters saved at ``path`` (best.npy / latest.npy), checked against ``spec``."""
+    if not path.exists():
+        raise FileNotFoundError(f"controller parameters not found: {path}")
+    try:
+        params = np.load(path)
+    except Exception as e:
+        raise ValueError(f"controller parameters {path} are corrupt: {e}") from None
+    return check_params(params, spec, source=str(path))
+
+
 class Agent:
     def __init__(self, policy: WorldModelPolicy, params: np.ndarray, env: str = "carracing"):
         self.policy = policy
@@ -47,6 +58,9 @@ class Agent:
         self._params_t = torch.as_tensor(self.params, dtype=torch.float32, device=policy.device)
         self.batch_size = 0
         self.last_z: torch.Tensor | None = None
+        # the checkpoints it was loaded from (Agent.load): Ray workers load their own copies
+        self.vae_path: Path | None = None
+        self.mdrnn_path: Path | None = None
 
     @classmethod
     def load(cls, run_dir: str | Path, device: str = "auto", which: str = "best") -> Agent:
@@ -64,14 +78,7 @@ class Agent:
         dev = pick_device(device)
         vae = load_vae(base / info["vae"], dev)
         mdrnn = load_mdrnn(base / info["mdrnn"], dev) if spec.uses_memory else None
-        params_path = folder / (BEST if which == "best" else LATEST)
-        if not params_path.exists():
-            raise FileNotFoundError(f"controller parameters not found: {params_path}")
-        try:
-            params = np.load(params_path)
-        except Exception as e:
-            raise ValueError(f"controller parameters {params_path} are corrupt: {e}") from None
-        params = check_params(params, spec, source=str(params_path))
+        params = load_params(folder / (BEST if which == "best" else LATEST), spec)
         env = info.get("env", "carracing")
         policy = WorldModelPolicy(
             vae,
@@ -81,7 +88,10 @@ class Agent:
             z_mode=info.get("z_mode", "sample"),
             preprocess=preprocess_for(env),
         )
-        return cls(policy, params, env)
+        agent = cls(policy, params, env)
+        agent.vae_path = base / info["vae"]
+        agent.mdrnn_path = base / info["mdrnn"] if spec.uses_memory else None
+        return agent
 
     def reset(self, batch_size: int = 1, seeds: list[int | None] | None = None) -> None:
         """Start ``batch_size`` new episodes; ``seeds`` seed each one's z-sampling noise."""

@@ -121,7 +121,8 @@ def run_pipeline(
     log: Callable[[str], None] = print,
     cluster=None,
 ) -> RunPaths:
-    """Run the unfinished stages; ``cluster`` (``RaySettings``) puts collect and C on Ray."""
+    """Run the unfinished stages; ``cluster`` (``RaySettings``) puts the stages that play
+    episodes on Ray: collect, C's CMA-ES (in the game or in the dream) and evaluate."""
     paths = prepare_run(out, config, preset_name)
     stages_file = paths.root / "stages.json"
     done = finished_stages(paths)
@@ -152,7 +153,7 @@ class StageResult:
 
 
 def _collect(config: PipelineConfig, paths: RunPaths, progress: bool, cluster) -> StageResult:
-    from worldmodels.data.collect import collect
+    from worldmodels.execution import collect
 
     return StageResult(collect(config.collect, str(paths.episodes), progress, cluster).line())
 
@@ -195,7 +196,7 @@ def _train_controller(
     from worldmodels.evolution.cmaes import STATE
 
     resume = (paths.controller / STATE).exists()
-    if config.dream is not None:  # in M's dream, scored in the real game (cluster unused)
+    if config.dream is not None:  # in M's dream, scored in the real game
         from worldmodels.agent import Agent
         from worldmodels.dream.pictures import dream_beside_real
         from worldmodels.dream.train import train_in_dream
@@ -209,6 +210,7 @@ def _train_controller(
             config.dream,
             resume=resume,
             progress=progress,
+            cluster=cluster,
         )
         gif = dream_beside_real(
             Agent.load(paths.root, device=config.controller.device),
@@ -244,6 +246,7 @@ def _evaluate(config: PipelineConfig, paths: RunPaths, progress: bool, cluster) 
         backend=ev.backend,
         max_steps=ev.max_steps,
         progress=progress,
+        cluster=cluster,
     )
     save_eval(result, paths.eval, paths.root)
     return StageResult(result.line())

@@ -52,7 +52,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from worldmodels.data.collect import collect
+    from worldmodels.execution import collect
 
     config = CollectConfig.for_env(
         args.env,

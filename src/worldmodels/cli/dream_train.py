@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from worldmodels.cli import positive_int
+from worldmodels.cli import add_ray_arguments, positive_int, ray_settings
 from worldmodels.config import ControllerConfig, DreamConfig
 from worldmodels.controller.model import ALL_MODES
 
@@ -68,6 +68,7 @@ def add_arguments(p) -> None:
         "--gif",
         help="also write a GIF (and PNG strip) of C in the real game beside C in the dream",
     )
+    add_ray_arguments(p)
 
 
 def configs(args, temperature: float) -> tuple[ControllerConfig, DreamConfig]:
@@ -115,6 +116,7 @@ def run(args) -> int:
         dream,
         resume=args.resume,
         progress=not args.no_progress,
+        cluster=ray_settings(args),
     )
     print(summary.line())
     if args.gif:

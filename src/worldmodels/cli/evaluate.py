@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from worldmodels.cli import positive_int
+from worldmodels.cli import add_ray_arguments, positive_int, ray_settings
 from worldmodels.config import EvalConfig
 
 NAME = "evaluate"
@@ -36,6 +36,7 @@ def add_arguments(p) -> None:
     p.add_argument("--video", help="also record the episode of --seed as a .gif or .mp4")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")
+    add_ray_arguments(p)
 
 
 def run(args) -> int:
@@ -55,6 +56,7 @@ def run(args) -> int:
         workers=args.workers,
         max_steps=args.max_steps,
         progress=not args.no_progress,
+        cluster=ray_settings(args),
     )
     out = Path(args.out) if args.out else Path(args.run_dir) / "eval.json"
     save_eval(result, out, args.run_dir)

@@ -11,8 +11,8 @@ import numpy as np
 from tqdm import tqdm
 
 from worldmodels.agent import Agent
-from worldmodels.controller.rollout import RolloutEngine
-from worldmodels.envs import DEFAULT_MAX_STEPS, env_id_for, make_vec_env
+from worldmodels.envs import DEFAULT_MAX_STEPS, env_id_for, make_vec_env, resolve_backend
+from worldmodels.execution import rollout_engine
 from worldmodels.utils.io import atomic_write_json
 
 
@@ -63,15 +63,20 @@ def evaluate_agent(
     max_steps: int = DEFAULT_MAX_STEPS,
     progress: bool = True,
     env: str | None = None,
+    cluster=None,
 ) -> EvalResult:
     """Episode i is played on seed ``seed + i``, to the end (no early stop).
 
-    ``env``: the game (default: the agent's own, ``agent.env``).
+    ``env``: the game (default: the agent's own, ``agent.env``). ``cluster`` (a
+    ``distributed.cluster.RaySettings``): the episodes are shared out among Ray workers, each
+    with its own copy of the agent's V and M (an agent from ``Agent.load``); the returns are
+    the same as here, episode for episode.
     """
     env_name = agent.env if env is None else env
     if episodes < 1:
         raise ValueError(f"episodes must be positive, got {episodes}")
     seeds = [seed + i for i in range(episodes)]
+    backend = resolve_backend(backend, quiet=True, env=env_name)
     start = time.perf_counter()
     bar = tqdm(total=episodes, desc="evaluate", unit="ep", disable=not progress)
     done: list[float] = []
@@ -81,19 +86,25 @@ def evaluate_agent(
         bar.update(1)
         bar.set_postfix(mean=f"{np.mean(done):.1f}")
 
-    with make_vec_env(
-        env_name,
+    engine = rollout_engine(
+        agent.policy,
+        env=env_name,
         backend=backend,
         num_envs=min(num_envs, episodes),
         max_steps=max_steps,
         seed=seed,
         workers=workers,
-    ) as vec:
-        engine = RolloutEngine(agent.policy, vec)
+        cluster=cluster,
+        vae_path=agent.vae_path,
+        mdrnn_path=agent.mdrnn_path,
+    )
+    try:
         result = engine.run(agent.params[None], [(0, s) for s in seeds], on_episode=on_episode)
-    bar.close()
+    finally:
+        engine.close()
+        bar.close()
     seconds = time.perf_counter() - start
-    return EvalResult(result.returns, seeds, vec.backend, seconds, env_name)
+    return EvalResult(result.returns, seeds, backend, seconds, env_name)
 
 
 def save_eval(result: EvalResult, path: str | Path, run_dir: str | Path) -> None:

@@ -20,6 +20,25 @@ from worldmodels.vision.vae import ConvVAE, frames_to_input
 Z_MODES = ("sample", "mean")
 
 
+def check_fits(spec: ControllerSpec, vae: ConvVAE, mdrnn: MDNRNN | None) -> None:
+    """A clear error unless a controller of ``spec`` can run on this V and M."""
+    if vae.z_size != spec.z_size:
+        raise ValueError(f"V has z={vae.z_size} but the controller expects z={spec.z_size}")
+    if not spec.uses_memory:
+        return
+    if mdrnn is None:
+        raise ValueError(f"controller mode {spec.mode!r} needs M")
+    if mdrnn.z_size != spec.z_size or mdrnn.hidden_size != spec.hidden_size:
+        raise ValueError(
+            f"M has z={mdrnn.z_size}, h={mdrnn.hidden_size} but the controller expects "
+            f"z={spec.z_size}, h={spec.hidden_size}"
+        )
+    if mdrnn.action_size != spec.action_size:
+        raise ValueError(
+            f"M takes {mdrnn.action_size} action values but the controller gives {spec.action_size}"
+        )
+
+
 class WorldModelPolicy:
     """Raw frames in, actions out: preprocess, encode (V), act (C), step M's LSTM.
 
@@ -40,21 +59,7 @@ class WorldModelPolicy:
     ):
         if z_mode not in Z_MODES:
             raise ValueError(f"unknown z_mode {z_mode!r}; choose one of {Z_MODES}")
-        if vae.z_size != spec.z_size:
-            raise ValueError(f"V has z={vae.z_size} but the controller expects z={spec.z_size}")
-        if spec.uses_memory:
-            if mdrnn is None:
-                raise ValueError(f"controller mode {spec.mode!r} needs M")
-            if mdrnn.z_size != spec.z_size or mdrnn.hidden_size != spec.hidden_size:
-                raise ValueError(
-                    f"M has z={mdrnn.z_size}, h={mdrnn.hidden_size} but the controller expects "
-                    f"z={spec.z_size}, h={spec.hidden_size}"
-                )
-            if mdrnn.action_size != spec.action_size:
-                raise ValueError(
-                    f"M takes {mdrnn.action_size} action values but the controller gives "
-                    f"{spec.action_size}"
-                )
+        check_fits(spec, vae, mdrnn)
         self.device = torch.device(device)
         # channels-last convolutions: the frames arrive NHWC anyway, and oneDNN runs V's
         # encoder ~1.7x faster on one CPU core that way (same outputs to 1e-7)

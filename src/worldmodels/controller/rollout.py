@@ -7,6 +7,7 @@ back to back, starting the next as soon as its episode ends, so no slot waits fo
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 
 from worldmodels.controller.policy import WorldModelPolicy
+from worldmodels.envs import make_vec_env
 from worldmodels.envs.carracing import VecCarRacing
 from worldmodels.utils.device import torch_threads
 
@@ -145,3 +147,42 @@ class RolloutEngine:
     def close(self) -> None:
         for env in self.groups:
             env.close()
+
+
+def make_env_groups(
+    backend: str,
+    num_envs: int,
+    max_steps: int,
+    groups: int,
+    workers: int | None = None,
+    env: str = "carracing",
+    seed: int = 0,
+) -> list:
+    """``num_envs`` environments in ``groups`` batches that the engine steps in turn (the
+    networks of one group run while the others' environments step); 1 = synchronous.
+    ``workers``: EnvPool threads or gymnasium processes per group (default: the cores shared
+    out among the groups). ``seed`` seeds each batch at make (EnvPool); seeded jobs do not
+    depend on it."""
+    groups = max(1, min(groups, num_envs))
+    if workers is None and groups > 1:
+        workers = max(1, (os.cpu_count() or 1) // groups)
+    sizes = [len(range(g, num_envs, groups)) for g in range(groups)]
+    made = []
+    try:
+        for size in sizes:
+            made.append(
+                make_vec_env(
+                    env,
+                    backend=backend,
+                    num_envs=size,
+                    max_steps=max_steps,
+                    seed=seed,
+                    workers=workers,
+                    quiet=bool(made),
+                )
+            )
+    except BaseException:
+        for batch in made:
+            batch.close()
+        raise
+    return made

@@ -10,7 +10,6 @@ those means is ``best.npy``, what ``Agent.load`` and ``evaluate`` use.
 from __future__ import annotations
 
 import io
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,9 +18,9 @@ import numpy as np
 from worldmodels.config import ControllerConfig, save_config
 from worldmodels.controller.model import ControllerSpec
 from worldmodels.controller.policy import WorldModelPolicy
-from worldmodels.controller.rollout import RolloutEngine
-from worldmodels.envs import make_vec_env, preprocess_for
+from worldmodels.envs import preprocess_for
 from worldmodels.evolution.cmaes import ESSettings, ESState, run_es
+from worldmodels.execution import rollout_engine
 from worldmodels.utils.device import pick_device
 from worldmodels.utils.io import atomic_write, atomic_write_bytes, atomic_write_json, read_json
 
@@ -104,7 +103,19 @@ def train_controller(
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, out_dir / "config.json")
     write_controller_json(out_dir, spec, vae_path, mdrnn_path, config)
-    engine = make_engine(config, policy, vae_path, mdrnn_path, cluster)
+    engine = rollout_engine(
+        policy,
+        env=config.env,
+        backend=config.backend,
+        num_envs=config.num_envs,
+        max_steps=config.max_steps,
+        seed=config.seed,
+        workers=config.workers,
+        groups=config.env_groups,
+        cluster=cluster,
+        vae_path=vae_path,
+        mdrnn_path=mdrnn_path,
+    )
 
     def fitness(population: np.ndarray, generation: int):
         jobs = generation_jobs(config, generation, len(population))
@@ -152,72 +163,6 @@ def train_controller(
         env_steps,
         out_dir,
     )
-
-
-def make_engine(config: ControllerConfig, policy: WorldModelPolicy, vae_path, mdrnn_path, cluster):
-    """The local rollout engine, or its Ray counterpart spread over a cluster."""
-    if cluster is not None:
-        from worldmodels.distributed.rollouts import RayRolloutPool
-
-        if config.env != "carracing":
-            raise ValueError(f"--ray evolves CarRacing controllers; run env {config.env!r} here")
-
-        return RayRolloutPool.start(
-            cluster,
-            vae_path,
-            mdrnn_path if policy.spec.uses_memory else None,
-            policy.spec.to_dict(),
-            config.z_mode,
-            backend=config.backend,
-            num_envs=config.num_envs,
-            max_steps=config.max_steps,
-            seed=config.seed,
-        )
-    groups = make_env_groups(
-        config.backend,
-        config.num_envs,
-        config.max_steps,
-        config.env_groups,
-        config.workers,
-        env=config.env,
-    )
-    return RolloutEngine(policy, groups)
-
-
-def make_env_groups(
-    backend: str,
-    num_envs: int,
-    max_steps: int,
-    groups: int,
-    workers: int | None = None,
-    env: str = "carracing",
-) -> list:
-    """``num_envs`` environments in ``groups`` batches that the engine steps in turn (the
-    networks of one group run while the others' environments step); 1 = synchronous.
-    ``workers``: EnvPool threads or gymnasium processes per group (default: the cores shared
-    out among the groups)."""
-    groups = max(1, min(groups, num_envs))
-    if workers is None and groups > 1:
-        workers = max(1, (os.cpu_count() or 1) // groups)
-    sizes = [len(range(g, num_envs, groups)) for g in range(groups)]
-    made = []
-    try:
-        for size in sizes:
-            made.append(
-                make_vec_env(
-                    env,
-                    backend=backend,
-                    num_envs=size,
-                    max_steps=max_steps,
-                    workers=workers,
-                    quiet=bool(made),
-                )
-            )
-    except BaseException:
-        for batch in made:
-            batch.close()
-        raise
-    return made
 
 
 def write_controller_json(

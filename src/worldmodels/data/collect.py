@@ -19,7 +19,7 @@ from tqdm import tqdm
 from worldmodels.config import CollectConfig, to_dict
 from worldmodels.data.policies import make_policy
 from worldmodels.data.store import ACTION_ENCODINGS, StoreWriter
-from worldmodels.envs import env_id_for, make_vec_env, resolve_backend
+from worldmodels.envs import env_id_for, make_vec_env
 from worldmodels.utils.device import torch_threads
 
 
@@ -89,36 +89,9 @@ def store_identity(config: CollectConfig, backend: str) -> dict:
 
 
 def open_store_for(config: CollectConfig, out: str, backend: str) -> StoreWriter:
+    """The store at ``out`` for this collection (new, or one it can resume)."""
     identity = store_identity(config, backend)
     return StoreWriter(out, "episodes", identity, extra={"config": to_dict(config)})
-
-
-def collect(config: CollectConfig, out: str, progress: bool = True, cluster=None) -> CollectSummary:
-    """Fill the store at ``out`` with ``config.episodes`` episodes, resuming if it has some.
-
-    ``cluster`` (a ``distributed.cluster.RaySettings``) spreads the episodes over Ray workers
-    writing into the same store, which must then be on a path every node shares.
-    """
-    config.validate()
-    env_id_for(config.env)
-    make_policy(config.policy, 1)  # unknown names fail before anything is written
-    backend = resolve_backend(config.backend, env=config.env)
-    writer = open_store_for(config, out, backend)
-    done = writer.existing_indices()
-    todo = [i for i in range(config.episodes) if i not in done]
-    start = time.perf_counter()
-    frames = 0
-    if todo and cluster is not None:
-        from worldmodels.distributed.collect import collect_on_ray
-
-        frames = collect_on_ray(config, writer, backend, todo, cluster, progress)
-    elif todo:
-        frames = collect_episodes(
-            config, writer, backend, todo, pool_seed(config.seed, len(done)), progress
-        )
-    total = len(writer.existing_indices())
-    writer.write_manifest(episodes=total)
-    return CollectSummary(len(todo), total, frames, time.perf_counter() - start, backend)
 
 
 def pool_seed(*keys: int) -> int:

@@ -11,7 +11,10 @@ import contextlib
 import functools
 import hashlib
 import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -92,10 +95,17 @@ def connect(settings: RaySettings):
         check_reachable(address)
         check_speaks_grpc(address)
     if address == LOCAL:
-        kwargs = {"include_dashboard": False, "log_to_driver": False}
+        # started from this thread: Ray ties its GCS and raylet to the life of the thread that
+        # starts them (the parent-death signal fires when that thread ends), so a start in a
+        # helper thread would leave an instance that dies as soon as it is up
         atexit.register(stop_local_ray, ray)
-    else:
-        kwargs = {"address": address, "log_to_driver": False}
+        handler = signal.getsignal(signal.SIGTERM)
+        ray.init(include_dashboard=False, log_to_driver=False)
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, handler)  # Ray's own exits past the command's handler
+        start_reaper()
+        return ray
+    kwargs = {"address": address, "log_to_driver": False}
     outcome: list = []
 
     def join() -> None:
@@ -138,6 +148,16 @@ def stop_local_ray(ray) -> None:
     for proc in alive:
         with contextlib.suppress(psutil.Error):
             proc.kill()
+
+
+def start_reaper() -> subprocess.Popen:
+    """A process that ends this local Ray instance's agents and workers if this command dies
+    without running its exit handlers (SIGKILL; see ``distributed/reaper.py``)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "worldmodels.distributed.reaper", str(os.getpid())],
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,  # out of the terminal's process group: a Ctrl-C is not for it
+    )
 
 
 def split_address(address: str) -> tuple[str, int]:

@@ -15,6 +15,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from worldmodels.config import CollectConfig, to_dict
+from worldmodels.data.collect import collect_episodes, pool_seed, store_identity
 from worldmodels.data.store import StoreError, StoreWriter
 from worldmodels.distributed.cluster import (
     RaySettings,
@@ -42,8 +43,6 @@ class CollectWorker:
         return node_report()
 
     def collect(self, indices: list[int], env_seed: int) -> int:
-        from worldmodels.data.collect import collect_episodes
-
         try:
             writer = StoreWriter.attach(self.store, "episodes", self.identity)
         except StoreError as e:
@@ -68,8 +67,6 @@ def collect_on_ray(
     progress: bool = True,
 ) -> int:
     """Collect the episodes ``todo`` into ``writer``'s store on Ray workers; returns frames."""
-    from worldmodels.data.collect import pool_seed, store_identity
-
     ray = connect(settings)
     n = worker_count(ray, settings)
     actor = ray.remote(CollectWorker).options(

@@ -48,7 +48,7 @@ class RolloutWorker:
         from worldmodels.controller.model import ControllerSpec
         from worldmodels.controller.policy import WorldModelPolicy
         from worldmodels.controller.rollout import RolloutEngine
-        from worldmodels.envs import make_vec_env
+        from worldmodels.envs import make_vec_env, preprocess_for
         from worldmodels.memory.train import load_mdrnn
         from worldmodels.utils.device import pick_device
         from worldmodels.vision.train import load_vae
@@ -60,7 +60,15 @@ class RolloutWorker:
             mdrnn = None
             if mdrnn_bytes is not None:
                 mdrnn = load_mdrnn(_write(Path(tmp) / "mdrnn.pt", mdrnn_bytes), device)
-        policy = WorldModelPolicy(vae, mdrnn, ControllerSpec(**spec), device, z_mode=z_mode)
+        env = env_kwargs.get("env", "carracing")
+        policy = WorldModelPolicy(
+            vae,
+            mdrnn,
+            ControllerSpec(**spec),
+            device,
+            z_mode=z_mode,
+            preprocess=preprocess_for(env),
+        )
         self.engine = RolloutEngine(policy, make_vec_env(quiet=True, **env_kwargs))
 
     def report(self) -> tuple[str, str, int]:
@@ -99,15 +107,17 @@ class RayRolloutPool:
         num_envs: int,
         max_steps: int,
         seed: int,
+        env: str = "carracing",
     ) -> RayRolloutPool:
-        """Start one worker per ``cpus_per_worker`` CPUs of the cluster, ``num_envs`` in all."""
+        """Start one worker per ``cpus_per_worker`` CPUs of the cluster, ``num_envs`` in all,
+        playing ``env`` (CarRacing or Doom)."""
         from worldmodels.data.collect import pool_seed
         from worldmodels.envs import resolve_backend
         from worldmodels.vision.train import VAE_FILE
 
         ray = connect(settings)
         n = worker_count(ray, settings)
-        backend = resolve_backend(backend, quiet=True)
+        backend = resolve_backend(backend, quiet=True, env=env)
         vae_path = Path(vae_path)
         vae_ref = ray.put((vae_path / VAE_FILE if vae_path.is_dir() else vae_path).read_bytes())
         mdrnn_ref = ray.put(Path(mdrnn_path).read_bytes()) if mdrnn_path is not None else None
@@ -125,6 +135,7 @@ class RayRolloutPool:
                 spec,
                 z_mode,
                 {
+                    "env": env,
                     "backend": backend,
                     "num_envs": max(1, -(-num_envs // n)),
                     "max_steps": max_steps,

@@ -30,6 +30,8 @@ from torch import Tensor
 from worldmodels.memory.mdrnn import MDNRNN, sample_next_z
 
 OBS_MODES = ("zch", "zh", "z")
+# what the dream shows each controller mode (the hidden-layer C sees z alone too)
+OBS_MODE_OF = {"zch": "zch", "zh": "zh", "z": "z", "z_hidden": "z"}
 DEFAULT_TEMPERATURE = 1.15  # the paper's Doom setting
 DEFAULT_MAX_STEPS = 2100  # Doom TakeCover's episode limit
 DONE_THRESHOLD = 0.5
@@ -315,3 +317,29 @@ def run_dreams(
         return actions
 
     return drive_dreams(env, act, episodes)
+
+
+def dream_task(
+    mdrnn: MDNRNN,
+    latents: InitialLatents,
+    spec,
+    dream,
+    params: torch.Tensor,
+    episodes: torch.Tensor,
+    seed: int,
+):
+    """One batch of dreams as ``dream`` (a ``DreamConfig``) sets them: row i is driven by
+    controller ``params[i]`` from the first frame of episode ``episodes[i]``, with the noise of
+    ``seed``; the same rows and seed give the same dreams on any machine."""
+    device = mdrnn.head.weight.device
+    env = DreamEnv(
+        mdrnn,
+        latents,
+        len(params),
+        temperature=dream.temperature,
+        max_steps=dream.max_steps,
+        obs_mode=OBS_MODE_OF[spec.mode],
+        done_threshold=dream.done_threshold,
+        seed=seed,
+    )
+    return run_dreams(env, params.to(device), spec, episodes)

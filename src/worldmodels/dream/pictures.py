@@ -15,8 +15,7 @@ import numpy as np
 import torch
 
 from worldmodels.controller.model import controller_actions
-from worldmodels.dream.env import DreamEnv, InitialLatents
-from worldmodels.dream.train import OBS_MODE_OF
+from worldmodels.dream.env import OBS_MODE_OF, DreamEnv, InitialLatents
 from worldmodels.memory.pictures import _save, animation_frames, strip
 from worldmodels.vision.vae import frames_to_input, output_to_frames
 

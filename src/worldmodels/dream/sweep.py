@@ -18,8 +18,8 @@ import torch
 
 from worldmodels.config import ControllerConfig, DreamConfig
 from worldmodels.controller.train import BEST
-from worldmodels.dream.env import DreamEnv, load_initial_latents, run_dreams
-from worldmodels.dream.train import OBS_MODE_OF, controller_spec, train_in_dream
+from worldmodels.dream.env import OBS_MODE_OF, DreamEnv, load_initial_latents, run_dreams
+from worldmodels.dream.train import controller_spec, train_in_dream
 from worldmodels.evolution.cmaes import STATE
 from worldmodels.utils.io import atomic_write_bytes, atomic_write_json
 

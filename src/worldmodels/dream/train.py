@@ -35,13 +35,12 @@ from worldmodels.controller.train import (
     write_controller_json,
 )
 from worldmodels.dream.check import CHECK_JSON, DreamCheck, replay_in_dream
-from worldmodels.dream.env import DreamEnv, InitialLatents, load_initial_latents, run_dreams
+from worldmodels.dream.env import InitialLatents, dream_task, load_initial_latents
 from worldmodels.evolution.cmaes import STATE, ESState, run_es
 from worldmodels.memory.mdrnn import MDNRNN
 from worldmodels.utils.device import pick_device
 from worldmodels.utils.io import atomic_write_json, read_json
 
-OBS_MODE_OF = {"zch": "zch", "zh": "zh", "z": "z", "z_hidden": "z"}
 DREAM_JSON = "dream.json"
 RESUME_FIELDS = ("env", "temperature", "max_steps", "done_threshold")  # what a dream is
 
@@ -89,8 +88,33 @@ def dream_seed(seed: int, generation: int) -> int:
     return int(np.random.SeedSequence([seed, generation, 7]).generate_state(1)[0] >> 1)
 
 
+class LocalDreams:
+    """Dream tasks run one after another on this machine (``RayDreamPool``: on a cluster)."""
+
+    parallel = 1
+
+    def __init__(self, mdrnn: MDNRNN, latents: InitialLatents, spec, dream: DreamConfig):
+        self.mdrnn, self.latents, self.spec, self.dream = mdrnn, latents, spec, dream
+
+    def run(self, tasks: list) -> list:
+        results = []
+        for params, episodes, seed in tasks:
+            m, latents, spec, dream = self.mdrnn, self.latents, self.spec, self.dream
+            out = dream_task(m, latents, spec, dream, params, episodes, seed)
+            results.append((out.returns, out.lengths, out.steps))
+        return results
+
+    def close(self) -> None:
+        pass
+
+
 class DreamFitness:
-    """Mean dream return of each candidate; the generation's dreams batched together."""
+    """Mean dream return of each candidate; the generation's dreams batched together.
+
+    The generation's ``pop x rollouts`` dreams are cut into tasks of at most
+    ``DreamConfig.max_batch`` rows (fewer where ``runner`` runs several at once, so that each
+    of its workers gets one), task k with the noise seed ``dream_seed(seed, generation) + k``.
+    """
 
     def __init__(
         self,
@@ -100,42 +124,37 @@ class DreamFitness:
         dream: DreamConfig,
         rollouts: int,
         seed: int,
+        runner=None,
     ):
-        self.mdrnn, self.latents, self.spec = mdrnn, latents, spec
-        self.dream, self.rollouts, self.seed = dream, rollouts, seed
-        self.obs_mode = OBS_MODE_OF[spec.mode]
-        self.device = mdrnn.head.weight.device
+        self.spec, self.dream, self.rollouts, self.seed = spec, dream, rollouts, seed
+        self.num_latents = len(latents.mu)
+        self.runner = runner if runner is not None else LocalDreams(mdrnn, latents, spec, dream)
 
     def dreams(self, population: np.ndarray, generation: int):
         """Returns and lengths ``(pop, rollouts)`` and the dream steps taken."""
         pop, r = len(population), self.rollouts
         gen = np.random.default_rng([self.seed, generation])
-        starts = torch.as_tensor(gen.integers(len(self.latents.mu), size=r))  # shared by all
+        starts = torch.as_tensor(gen.integers(self.num_latents, size=r))  # shared by all
         params = torch.as_tensor(population, dtype=torch.float32).repeat_interleave(r, dim=0)
         episodes = starts.repeat(pop)
-        returns, lengths, steps = [], [], 0
-        for chunk, lo in enumerate(range(0, pop * r, self.dream.max_batch)):
-            hi = min(lo + self.dream.max_batch, pop * r)
-            env = DreamEnv(
-                self.mdrnn,
-                self.latents,
-                hi - lo,
-                temperature=self.dream.temperature,
-                max_steps=self.dream.max_steps,
-                obs_mode=self.obs_mode,
-                done_threshold=self.dream.done_threshold,
-                seed=dream_seed(self.seed, generation) + chunk,
-            )
-            out = run_dreams(env, params[lo:hi].to(self.device), self.spec, episodes[lo:hi])
-            returns.append(out.returns)
-            lengths.append(out.lengths)
-            steps += out.steps
-        shape = (pop, r)
-        return torch.cat(returns).reshape(shape), torch.cat(lengths).reshape(shape), steps
+        rows = pop * r
+        size = min(self.dream.max_batch, -(-rows // self.runner.parallel))
+        first_seed = dream_seed(self.seed, generation)
+        tasks = [
+            (params[lo : lo + size], episodes[lo : lo + size], first_seed + k)
+            for k, lo in enumerate(range(0, rows, size))
+        ]
+        results = self.runner.run(tasks)
+        returns = torch.cat([torch.as_tensor(ret) for ret, _, _ in results]).reshape(pop, r)
+        lengths = torch.cat([torch.as_tensor(n) for _, n, _ in results]).reshape(pop, r)
+        return returns, lengths, sum(int(steps) for _, _, steps in results)
 
     def __call__(self, population: np.ndarray, generation: int):
         returns, _, steps = self.dreams(population, generation)
         return returns.double().mean(1).numpy(), steps
+
+    def close(self) -> None:
+        self.runner.close()
 
 
 def train_in_dream(
@@ -147,12 +166,15 @@ def train_in_dream(
     dream: DreamConfig,
     resume: bool = False,
     progress: bool = True,
+    cluster=None,
 ) -> DreamSummary:
     """CMA-ES on dream returns; the distribution mean is scored in the real ``dream.env``.
 
     ``series_path``: the series store whose first frames start the dreams. ``vae_path``: V,
-    for the real-environment evaluations and for ``Agent.load`` afterwards.
+    for the real-environment evaluations and for ``Agent.load`` afterwards. ``cluster`` (a
+    ``distributed.cluster.RaySettings``): the generation's dreams are split over Ray workers.
     """
+    from worldmodels.execution import dream_runner
     from worldmodels.memory.train import load_mdrnn
     from worldmodels.utils.training import summary_writer
     from worldmodels.vision.train import load_vae
@@ -165,7 +187,6 @@ def train_in_dream(
     vae = load_vae(vae_path, device, z_size=mdrnn.z_size)
     latents = load_initial_latents(series_path, mdrnn.z_size, mdrnn.action_size)
     spec = controller_spec(config.mode, mdrnn)
-    fitness = DreamFitness(mdrnn, latents, spec, dream, config.rollouts, config.seed)
     if resume:
         check_same_dream(out_dir / DREAM_JSON, dream)
     elif (out_dir / STATE).exists():  # refused before anything in the folder is rewritten
@@ -178,6 +199,8 @@ def train_in_dream(
     save_config(dream, out_dir / DREAM_JSON)
     write_dream_controller_json(out_dir, spec, vae_path, mdrnn_path, config, dream, series_path)
     check = dream_check(out_dir / CHECK_JSON, mdrnn, series_path, dream, config.seed, progress)
+    runner = dream_runner(mdrnn, latents, spec, dream, cluster, mdrnn_path)
+    fitness = DreamFitness(mdrnn, latents, spec, dream, config.rollouts, config.seed, runner)
     real = RealEvaluation(vae, mdrnn, spec, config, dream.env, device)
     tb = summary_writer(out_dir / "tb")
 
@@ -207,6 +230,7 @@ def train_in_dream(
             on_generation=on_generation,
         )
     finally:
+        fitness.close()
         real.close()
         tb.close()
     return DreamSummary(

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from worldmodels.controller.model import ControllerSpec, check_params, controller_actions
+from worldmodels.controller.model import ControllerSpec, controller_actions
 from worldmodels.dream.env import DEFAULT_TEMPERATURE, DreamEnv, load_initial_latents
 from worldmodels.envs import preprocess_for
 from worldmodels.memory.mdrnn import MDNRNN
@@ -173,7 +173,8 @@ def load_play_models(
 
 def load_controller(run_dir: Path, vae: ConvVAE, mdrnn: MDNRNN, env: str):
     """(spec, params, z_mode, Feature): the run's C, or a zero C and the reason there is none."""
-    from worldmodels.agent import find_controller_dir
+    from worldmodels.agent import find_controller_dir, load_params
+    from worldmodels.controller.policy import check_fits
     from worldmodels.controller.train import BEST, read_controller_json
 
     if env == "doom":
@@ -184,18 +185,10 @@ def load_controller(run_dir: Path, vae: ConvVAE, mdrnn: MDNRNN, env: str):
         folder = find_controller_dir(run_dir)
         info = read_controller_json(folder)
         spec = ControllerSpec(**info["spec"])
-        if (spec.z_size, spec.action_size) != (vae.z_size, mdrnn.action_size) or (
-            spec.uses_memory and spec.hidden_size != mdrnn.hidden_size
-        ):
-            raise ValueError(f"{folder}: the controller does not fit this run's V and M")
-        path = folder / BEST
-        if not path.exists():
+        check_fits(spec, vae, mdrnn)
+        if not (folder / BEST).exists():
             raise FileNotFoundError(f"no {BEST} in {folder} yet (training has not finished)")
-        try:
-            params = np.load(path)
-        except Exception as e:
-            raise ValueError(f"{path} is corrupt: {e}") from None
-        params = check_params(params, spec, source=str(path))
+        params = load_params(folder / BEST, spec)
     except (FileNotFoundError, ValueError, TypeError, KeyError) as e:
         return fallback, np.zeros(fallback.num_params), "sample", Feature(False, str(e))
     return spec, params, info.get("z_mode", "sample"), Feature(True)
