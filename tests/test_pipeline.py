@@ -119,6 +119,18 @@ def test_evaluate_command_writes_every_episode(smoke_run, tmp_path, capsys):
     assert video.stat().st_size > 1000
 
 
+def test_evaluation_returns_do_not_depend_on_env_groups(smoke_run):
+    """Evaluation overlaps networks and environments as training does: same episodes."""
+    from worldmodels.agent import Agent
+    from worldmodels.controller.evaluate import evaluate_agent
+
+    agent = Agent.load(smoke_run)
+    kwargs = dict(episodes=3, seed=11, num_envs=3, backend="gymnasium", max_steps=40)
+    synchronous = evaluate_agent(agent, progress=False, groups=1, **kwargs)
+    overlapped = evaluate_agent(agent, progress=False, groups=2, **kwargs)
+    np.testing.assert_allclose(overlapped.returns, synchronous.returns, atol=1e-3)
+
+
 def test_a_different_preset_on_the_same_folder_is_refused(smoke_run, capsys):
     assert main(["pipeline", "--preset", "laptop", "--out", str(smoke_run)]) == 2
     err = capsys.readouterr().err

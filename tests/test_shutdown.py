@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,8 @@ pytestmark = needs_proc
 
 def collect_args(out, env="carracing"):
     if env == "doom":
-        size = ["--env", "doom", "--episodes", "3", "--max-steps", "400", "--min-length", "0"]
+        # enough episodes to still run when the test stops it (3 took ~1 s on a quiet machine)
+        size = ["--env", "doom", "--episodes", "60", "--max-steps", "400", "--min-length", "0"]
     else:
         size = ["--backend", "gymnasium", "--episodes", "4", "--max-steps", "400"]
     return ["collect", "--out", str(out), *size, "--num-envs", "2", "--workers", "2"]
@@ -96,6 +98,7 @@ def test_a_killed_ray_command_leaves_no_ray_process(tmp_path):
     proc = start(*args, "--no-progress")
     try:
         wait_for(lambda: len(ray_agents(children(proc.pid))) == 2, 120, "Ray's two agents")
+        time.sleep(1.0)  # the watcher notes the process tree twice a second
         started = children(proc.pid)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)

@@ -264,9 +264,12 @@ class EvalConfig:
     num_envs: int = 8
     backend: str = "gymnasium"
     max_steps: int = 1000
+    # the environments in this many batches stepped in turn (the engine's overlap, as in
+    # training): the same returns, episode for episode, at any value; 1 is synchronous
+    env_groups: int = 2
 
     def validate(self) -> None:
-        for name in ("episodes", "num_envs", "max_steps"):
+        for name in ("episodes", "num_envs", "max_steps", "env_groups"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
 

@@ -247,6 +247,7 @@ def _evaluate(config: PipelineConfig, paths: RunPaths, progress: bool, cluster) 
         max_steps=ev.max_steps,
         progress=progress,
         cluster=cluster,
+        groups=ev.env_groups,
     )
     save_eval(result, paths.eval, paths.root)
     return StageResult(result.line())

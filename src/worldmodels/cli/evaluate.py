@@ -29,6 +29,13 @@ def add_arguments(p) -> None:
         default=None,
         help=f"episode limit (default: the game's, {d.max_steps} CarRacing, 2100 Doom)",
     )
+    p.add_argument(
+        "--env-groups",
+        type=positive_int,
+        default=d.env_groups,
+        help="environment batches stepped in turn, networks of one beside the others' envs "
+        "(1: synchronous); the returns do not depend on it",
+    )
     p.add_argument("--params", default="best", choices=("best", "latest"))
     p.add_argument(
         "--out", help="JSON with every episode's return and seed (default RUN_DIR/eval.json)"
@@ -57,6 +64,7 @@ def run(args) -> int:
         max_steps=args.max_steps,
         progress=not args.no_progress,
         cluster=ray_settings(args),
+        groups=args.env_groups,
     )
     out = Path(args.out) if args.out else Path(args.run_dir) / "eval.json"
     save_eval(result, out, args.run_dir)

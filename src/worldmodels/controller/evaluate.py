@@ -64,13 +64,15 @@ def evaluate_agent(
     progress: bool = True,
     env: str | None = None,
     cluster=None,
+    groups: int = 2,
 ) -> EvalResult:
     """Episode i is played on seed ``seed + i``, to the end (no early stop).
 
     ``env``: the game (default: the agent's own, ``agent.env``). ``cluster`` (a
     ``distributed.cluster.RaySettings``): the episodes are shared out among Ray workers, each
     with its own copy of the agent's V and M (an agent from ``Agent.load``); the returns are
-    the same as here, episode for episode.
+    the same as here, episode for episode. ``groups``: the environments in that many batches
+    stepped in turn (``EvalConfig.env_groups``); the returns do not depend on it.
     """
     env_name = agent.env if env is None else env
     if episodes < 1:
@@ -94,6 +96,7 @@ def evaluate_agent(
         max_steps=max_steps,
         seed=seed,
         workers=workers,
+        groups=groups,
         cluster=cluster,
         vae_path=agent.vae_path,
         mdrnn_path=agent.mdrnn_path,

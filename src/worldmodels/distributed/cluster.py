@@ -99,11 +99,9 @@ def connect(settings: RaySettings):
         # starts them (the parent-death signal fires when that thread ends), so a start in a
         # helper thread would leave an instance that dies as soon as it is up
         atexit.register(stop_local_ray, ray)
-        handler = signal.getsignal(signal.SIGTERM)
-        ray.init(include_dashboard=False, log_to_driver=False)
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, handler)  # Ray's own exits past the command's handler
-        start_reaper()
+        start_reaper()  # first: it notes the instance's processes as they start
+        with command_keeps_sigterm(ray):
+            ray.init(include_dashboard=False, log_to_driver=False)
         return ray
     kwargs = {"address": address, "log_to_driver": False}
     outcome: list = []
@@ -148,6 +146,25 @@ def stop_local_ray(ray) -> None:
     for proc in alive:
         with contextlib.suppress(psutil.Error):
             proc.kill()
+
+
+@contextlib.contextmanager
+def command_keeps_sigterm(ray):
+    """``ray.init`` in the main thread installs SIGTERM handlers that exit on the spot (status
+    15, no message, past the command's own handling); the command's handler (stop as Ctrl-C
+    does, keep finished work) stays in force, also while the instance starts."""
+    utils = getattr(getattr(ray, "_private", None), "utils", None)
+    install = getattr(utils, "set_sigterm_handler", None)
+    handler = signal.getsignal(signal.SIGTERM)
+    if install is not None:
+        utils.set_sigterm_handler = lambda _handler: None
+    try:
+        yield
+    finally:
+        if install is not None:
+            utils.set_sigterm_handler = install
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, handler)
 
 
 def start_reaper() -> subprocess.Popen:
