@@ -120,14 +120,15 @@ def plot(arms: dict[str, Path], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     for name, arm in arms.items():
-        rows, minutes, points = es_rows(arm), 0.0, []
+        rows, steps, points = es_rows(arm), 0, []
         for r in rows:
-            minutes += float(r["seconds"]) / 60
+            steps += int(r["env_steps"])
             if r["eval_mean"] != "":
-                points.append((minutes, float(r["eval_mean"])))
+                points.append((steps / 1e6, float(r["eval_mean"])))
         if points:
             ax.plot(*zip(*points, strict=True), marker="o", ms=3, lw=1, label=name)
-    ax.set_xlabel("CMA-ES minutes (arms run side by side)")
+    # env steps, not minutes: arms of different calls may have had different shares of a core
+    ax.set_xlabel("env steps of CMA-ES (millions)")
     ax.set_ylabel("mean-eval (16 selection tracks)")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
