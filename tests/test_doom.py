@@ -130,6 +130,26 @@ def test_exploration_holds_each_random_action_1_to_10_frames():
     np.testing.assert_array_equal(acts, repeat)  # an episode's actions follow its seed
 
 
+def hold_lengths(policy, steps: int) -> np.ndarray:
+    policy.start(0, np.random.default_rng(3))
+    frames = np.zeros((1, 64, 64, 3), np.uint8)
+    a = np.stack([policy.act(frames, np.array([True]))[0, 0] for _ in range(steps)])
+    assert a.min() >= -1 and a.max() <= 1
+    changes = np.flatnonzero(np.diff(a) != 0) + 1
+    return np.diff(np.concatenate([[0], changes, [len(a)]]))[:-1]
+
+
+def test_long_holds_policy_mixes_the_papers_holds_with_holds_of_hundreds_of_frames():
+    from worldmodels.data.policies import DoomLongHoldsPolicy
+
+    runs = hold_lengths(DoomLongHoldsPolicy(1), 20_000)
+    short, long = runs[runs <= 10], runs[runs > 10]
+    assert runs.max() <= 300 and (runs > 150).sum() >= 5  # holds of hundreds of frames exist
+    assert 0.3 < len(long) / len(runs) < 0.7 and len(short) > 0  # about half of the holds
+    assert hold_lengths(DoomRandomPolicy(1), 5_000).max() <= 10  # the paper's stays as it was
+    CollectConfig(env="doom", backend="gymnasium", policy="doom_long_holds").validate()
+
+
 def test_collect_doom_through_the_usual_collector(tmp_path, capsys):
     out = tmp_path / "episodes"
     args = ["collect", "--env", "doom", "--out", str(out), "--episodes", "2"]

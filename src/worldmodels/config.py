@@ -24,7 +24,8 @@ class CollectConfig:
     backend: str = "auto"  # auto | gymnasium | envpool
     episodes: int = 100
     max_steps: int = 1000
-    policy: str = "brownian"  # brownian | random_weights (CarRacing); doom_random (Doom)
+    # brownian | random_weights (CarRacing); doom_random | doom_long_holds (Doom)
+    policy: str = "brownian"
     num_envs: int = 8  # environments stepped as one batch
     workers: int | None = None  # gymnasium subprocesses (default: one per core)
     seed: int = 0
@@ -62,7 +63,8 @@ class CollectConfig:
                 raise ValueError("env 'doom' runs on ViZDoom's gymnasium wrapper, not on envpool")
             if not self.policy.startswith("doom"):
                 raise ValueError(
-                    f"policy {self.policy!r} drives CarRacing; Doom collects with 'doom_random'"
+                    f"policy {self.policy!r} drives CarRacing; Doom collects with 'doom_random' "
+                    "or 'doom_long_holds'"
                 )
         elif self.policy.startswith("doom"):
             raise ValueError(f"policy {self.policy!r} is for env 'doom', not {self.env!r}")

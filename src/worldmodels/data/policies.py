@@ -124,8 +124,37 @@ class DoomRandomPolicy(ExplorationPolicy):
         return out
 
 
-POLICIES = {p.name: p for p in (BrownianPolicy, RandomWeightsPolicy, DoomRandomPolicy)}
-ENV_POLICIES = {"carracing": ("brownian", "random_weights"), "doom": ("doom_random",)}
+class DoomLongHoldsPolicy(DoomRandomPolicy):
+    """A deviation from the paper, for M's sake: half of the holds are the paper's 1-10 frames,
+    the other half 11-``long_hold`` frames. A controller in the dream soon holds one direction
+    for hundreds of steps; with only the paper's short holds in its data, M has never seen where
+    that leads and stops dreaming deaths there (``dream-check --held-actions``).
+    """
+
+    name = "doom_long_holds"
+
+    def __init__(self, num_slots: int, long_hold: int = 300, long_share: float = 0.5):
+        super().__init__(num_slots)
+        self.long_hold, self.long_share = long_hold, long_share
+
+    def act(self, frames, active):
+        for slot in np.flatnonzero(active):
+            if self.left[slot] == 0:
+                rng = self.rngs[slot]
+                self.actions[slot] = rng.uniform(-1.0, 1.0)
+                long = rng.random() < self.long_share
+                low, high = (self.max_hold + 1, self.long_hold) if long else (1, self.max_hold)
+                self.left[slot] = rng.integers(low, high + 1)
+        return super().act(frames, active)
+
+
+POLICIES = {
+    p.name: p for p in (BrownianPolicy, RandomWeightsPolicy, DoomRandomPolicy, DoomLongHoldsPolicy)
+}
+ENV_POLICIES = {
+    "carracing": ("brownian", "random_weights"),
+    "doom": ("doom_random", "doom_long_holds"),
+}
 
 
 def make_policy(name: str, num_slots: int) -> ExplorationPolicy:
