@@ -32,13 +32,14 @@ def collect_args(out, env="carracing"):
     return ["collect", "--out", str(out), *size, "--num-envs", "2", "--workers", "2"]
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
 def test_a_terminated_collection_stops_cleanly_and_resumes(tmp_path, signum):
     out = tmp_path / "episodes"
     proc = start(*collect_args(out), "--no-progress")
     code, err = stop_and_check_nothing_is_left(proc, signum, workers=2)
     assert code == 128 + signum, err
-    assert f"stopped by {signal.Signals(signum).name}; finished work is kept" in err
+    how = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+    assert f"{how}; finished work is kept" in err
     again = start(*collect_args(out), "--no-progress")
     _, err = again.communicate(timeout=300)
     assert again.returncode == 0, err
