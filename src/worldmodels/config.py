@@ -406,11 +406,12 @@ PRESETS: dict[str, PipelineConfig] = {
         evaluate=EvalConfig(episodes=100, num_envs=16, max_steps=2100),
         dream=DreamConfig(temperature=1.15, max_steps=2100),
     ),
-    # the paper's Doom experiment scaled to about 75 minutes on 2 cores: 1,000 episodes
+    # the paper's Doom experiment scaled to about 85 minutes on 2 cores: 1,000 episodes
     # instead of 10,000, V for 2,500 steps, M (paper-sized: LSTM 512) for 1,200 steps of
-    # batch 32 (at 400 its dreams almost never killed: C's candidates lived 2,030 of 2,100
-    # steps from generation 1; at 1,200 held random actions die after ~370, as in the game),
-    # 15 minutes of CMA-ES in the dream (the paper's population: 64 x 16 dreams)
+    # batch 32 (at 400 its dreams almost never killed; at 1,200 the data's random actions die
+    # sooner in the dream than in the game, 141 vs 334 steps, but a held left or right never
+    # does: `dream-check --held-actions`, README's Doom section), 15 minutes of CMA-ES in the
+    # dream (the paper's population: 64 x 16 dreams)
     "doom-laptop": PipelineConfig(
         collect=CollectConfig(
             env="doom",
