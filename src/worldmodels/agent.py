@@ -50,7 +50,14 @@ def load_params(path: Path, spec: ControllerSpec) -> np.ndarray:
 
 
 class Agent:
-    def __init__(self, policy: WorldModelPolicy, params: np.ndarray, env: str = "carracing"):
+    def __init__(
+        self,
+        policy: WorldModelPolicy,
+        params: np.ndarray,
+        env: str = "carracing",
+        vae_path: Path | None = None,
+        mdrnn_path: Path | None = None,
+    ):
         self.policy = policy
         self.env = env
         self.spec = policy.spec
@@ -59,8 +66,7 @@ class Agent:
         self.batch_size = 0
         self.last_z: torch.Tensor | None = None
         # the checkpoints it was loaded from (Agent.load): Ray workers load their own copies
-        self.vae_path: Path | None = None
-        self.mdrnn_path: Path | None = None
+        self.vae_path, self.mdrnn_path = vae_path, mdrnn_path
 
     @classmethod
     def load(cls, run_dir: str | Path, device: str = "auto", which: str = "best") -> Agent:
@@ -76,8 +82,10 @@ class Agent:
         spec = ControllerSpec(**info["spec"])
         base = folder / info.get("relative_to", "..")
         dev = pick_device(device)
-        vae = load_vae(base / info["vae"], dev)
-        mdrnn = load_mdrnn(base / info["mdrnn"], dev) if spec.uses_memory else None
+        vae_path = base / info["vae"]
+        mdrnn_path = base / info["mdrnn"] if spec.uses_memory else None
+        vae = load_vae(vae_path, dev)
+        mdrnn = load_mdrnn(mdrnn_path, dev) if mdrnn_path is not None else None
         params = load_params(folder / (BEST if which == "best" else LATEST), spec)
         env = info.get("env", "carracing")
         policy = WorldModelPolicy(
@@ -88,10 +96,7 @@ class Agent:
             z_mode=info.get("z_mode", "sample"),
             preprocess=preprocess_for(env),
         )
-        agent = cls(policy, params, env)
-        agent.vae_path = base / info["vae"]
-        agent.mdrnn_path = base / info["mdrnn"] if spec.uses_memory else None
-        return agent
+        return cls(policy, params, env, vae_path, mdrnn_path)
 
     def reset(self, batch_size: int = 1, seeds: list[int | None] | None = None) -> None:
         """Start ``batch_size`` new episodes; ``seeds`` seed each one's z-sampling noise."""

@@ -131,9 +131,8 @@ def connect(settings: RaySettings):
 def stop_local_ray(ray) -> None:
     """At exit of a command that started its own Ray instance: shut it down, then end what
     Ray leaves running (its dashboard and runtime-env agents outlive a graceful shutdown;
-    they would stay forever, reparented, after a SIGTERM'd command). After a SIGKILL no code
-    runs: GCS and raylet still die with the command (Ray fate-shares them), the agents may
-    not."""
+    they would stay, reparented, after a SIGTERM'd command). After a SIGKILL no code of the
+    command runs: the reaper (``start_reaper``) ends them instead."""
     import psutil
 
     started = psutil.Process().children(recursive=True)

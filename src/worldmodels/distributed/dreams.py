@@ -123,7 +123,9 @@ class RayDreamPool:
             )
 
         def on_done(index, result):
-            results[index] = result
+            returns, lengths, steps = result
+            # Ray hands numpy results back read-only; torch wants arrays it may write
+            results[index] = (np.array(returns), np.array(lengths), steps)
 
         chunks = [[i] for i in range(len(tasks))]
         self.reruns += run_chunks(self.ray, self.workers, chunks, call, on_done, self.settings)

@@ -97,9 +97,9 @@ class LocalDreams:
         self.mdrnn, self.latents, self.spec, self.dream = mdrnn, latents, spec, dream
 
     def run(self, tasks: list) -> list:
+        m, latents, spec, dream = self.mdrnn, self.latents, self.spec, self.dream
         results = []
         for params, episodes, seed in tasks:
-            m, latents, spec, dream = self.mdrnn, self.latents, self.spec, self.dream
             out = dream_task(m, latents, spec, dream, params, episodes, seed)
             results.append((out.returns, out.lengths, out.steps))
         return results
