@@ -109,7 +109,11 @@ class Stopped(KeyboardInterrupt):
         self.signum = signum
 
 
+_received: list[int] = []
+
+
 def _stop(signum, frame):
+    _received.append(signum)
     raise Stopped(signum)
 
 
@@ -122,6 +126,7 @@ def stop_on_termination_signals():
         yield
         return
     signals = (signal.SIGTERM, signal.SIGHUP)
+    _received.clear()
     previous = {s: signal.signal(s, _stop) for s in signals}
     try:
         yield
@@ -136,7 +141,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         with stop_on_termination_signals():
-            return args.run(args) or 0
+            code = args.run(args) or 0
+            if _received:
+                # The handler's exception was swallowed (a signal that lands in a fork hook or
+                # a finaliser is "ignored" by Python) and the command ran on to its end: its
+                # work is done and saved, but the exit status still says it was stopped.
+                raise Stopped(_received[0])
+            return code
     except (StoreError, *USER_ERRORS) as e:
         print(f"worldmodels {args.command}: error: {e}", file=sys.stderr)
         return 2
