@@ -55,6 +55,16 @@ ARMS = {
         "32 x 4, common tracks, mu",
         ["controller.popsize=32", "controller.rollouts=4", "controller.z_mode=mean"],
     ),
+    # the laptop preset ends a training episode after 50 steps without a new tile: a car that
+    # spins off the track is cut there, so recovering never pays (the crashes < 300 of mu-s05)
+    "mu-s05-es200": (
+        "mu-s05, episodes cut after 200 steps without a tile (not 50)",
+        ["controller.z_mode=mean", "controller.sigma0=0.05", "controller.early_stop=200"],
+    ),
+    "mu-s05-full": (
+        "mu-s05, full 1,000-step training episodes (no early stop)",
+        ["controller.z_mode=mean", "controller.sigma0=0.05", "controller.early_stop=none"],
+    ),
 }
 
 
