@@ -345,6 +345,38 @@ def test_carracing_in_the_dream_with_reward_and_done_heads(small_store, tmp_path
     assert agent.env == "carracing" and agent.spec.num_params == (32 + 16) * 3 + 3
 
 
+@pytest.mark.parametrize("done_logit", [-20.0, 20.0])
+def test_a_first_generation_that_outlives_the_dream_is_warned_about(
+    models, series, tmp_path, capsys, done_logit
+):
+    """The 2018 code's dream killed near-random controllers within ~305 of 2,100 steps; one
+    that lets generation 1 live most of its limit is the dream C exploits (Doom, stop 14)."""
+    m = survival_mdrnn()
+    with torch.no_grad():
+        m.head.weight[-1].zero_()
+        m.head.bias[-1] = done_logit  # -20: never done; +20: done at once
+    save_mdrnn(tmp_path / "m.pt", m, MDNRNNConfig(hidden_size=H, done_head=True))
+    dream = DreamConfig(max_steps=40, temperature=1.0)
+    summary = train_in_dream(
+        tmp_path / "m.pt",
+        series,
+        models / "vae.pt",
+        tmp_path / "c",
+        tiny_es(generations=1),
+        dream,
+        progress=False,
+    )
+    printed = capsys.readouterr().out
+    if done_logit < 0:
+        assert summary.first_generation_mean == 40
+        assert "generation 1 lives 40 of 40 dream steps" in summary.first_generation_warning
+        assert "WARNING: generation 1 lives" in printed and "WARNING" in summary.line()
+    else:
+        assert summary.first_generation_mean <= 1
+        assert summary.first_generation_warning is None and "generation 1 lives" not in printed
+        assert "generation 1's mean dream return" in summary.line()
+
+
 def test_replaying_the_datas_actions_dreams_its_deaths(tmp_path):
     """survival_mdrnn dies on the step after a negative action: episodes of positive actions
     ending with a negative one die at their real length in the dream, too."""

@@ -42,6 +42,9 @@ from worldmodels.utils.device import pick_device
 from worldmodels.utils.io import atomic_write_json, read_json
 
 DREAM_JSON = "dream.json"
+# Doom: a first generation (near-random Cs) that lives more than this share of the dream's
+# limit means the dream rarely kills; the 2018 code's dream: ~305 of 2,100 steps
+LETHAL_SHARE = 0.5
 RESUME_FIELDS = ("env", "temperature", "max_steps", "done_threshold")  # what a dream is
 
 
@@ -66,15 +69,32 @@ class DreamSummary(ControllerSummary):
     temperature: float = 1.15
     best_dream: float = float("nan")
     check: DreamCheck | None = None  # the data's actions replayed in the dream, before CMA-ES
+    first_generation_mean: float = float("nan")  # mean dream return of generation 1
+    first_generation_warning: str | None = None
 
     def line(self) -> str:
         best = "not evaluated" if not np.isfinite(self.best_eval) else f"{self.best_eval:.1f}"
+        warning = self.first_generation_warning
         return (
             f"{self.generations} generations in the dream (tau {self.temperature}) in "
             f"{self.seconds:.0f} s ({self.env_steps / max(self.seconds, 1e-9):.0f} dream steps/s); "
+            f"generation 1's mean dream return {self.first_generation_mean:.1f}; "
             f"best real mean-eval {best}, best dream candidate {self.best_candidate:.1f}; "
-            f"parameters in {self.out_dir / BEST}"
+            f"parameters in {self.out_dir / BEST}" + (f"; WARNING: {warning}" if warning else "")
         )
+
+
+def first_generation_warning(mean_return: float, dream: DreamConfig) -> str | None:
+    """Doom's dream pays +1 per step: if near-random controllers (CMA-ES's first generation)
+    already live most of its limit, the dream rarely kills and C will learn to exploit it."""
+    if dream.env != "doom" or not mean_return > LETHAL_SHARE * dream.max_steps:
+        return None
+    return (
+        f"generation 1 lives {mean_return:.0f} of {dream.max_steps} dream steps on average (the "
+        "2018 code's dream: ~305 of 2,100): the dream rarely kills, so C learns to exploit M "
+        "(check it with dream-check --held-actions; collect data that shows where held actions "
+        "lead, or train M longer)"
+    )
 
 
 def controller_spec(mode: str, mdrnn: MDNRNN) -> ControllerSpec:
@@ -206,6 +226,8 @@ def train_in_dream(
 
     def on_generation(state: ESState, row: dict) -> None:
         gen = state.generation
+        if gen == 1 and (warning := first_generation_warning(row["mean"], dream)):
+            print(f"WARNING: {warning}", flush=True)
         for key in ("best", "mean", "worst", "std", "sigma"):
             tb.add_scalar(f"dream/{key}", row[key], gen)
         tb.add_scalar("dream/steps_per_s", row["env_steps"] / row["seconds"], gen)
@@ -233,6 +255,7 @@ def train_in_dream(
         fitness.close()
         real.close()
         tb.close()
+    first_mean = float(state.history[0]["mean"]) if state.history else float("nan")
     return DreamSummary(
         generations=state.generation,
         best_eval=state.best_eval,
@@ -243,6 +266,8 @@ def train_in_dream(
         temperature=dream.temperature,
         best_dream=max((row["best"] for row in state.history), default=float("nan")),
         check=check,
+        first_generation_mean=first_mean,
+        first_generation_warning=first_generation_warning(first_mean, dream),
     )
 
 
