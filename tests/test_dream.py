@@ -350,7 +350,8 @@ def test_a_first_generation_that_outlives_the_dream_is_warned_about(
     models, series, tmp_path, capsys, done_logit
 ):
     """The 2018 code's dream killed near-random controllers within ~305 of 2,100 steps; one
-    that lets generation 1 live most of its limit is the dream C exploits (Doom, stop 14)."""
+    that lets generation 1 live most of its limit is the dream C exploits (doom-laptop on
+    the paper's 1-10-frame data: 1,460 of 2,100)."""
     m = survival_mdrnn()
     with torch.no_grad():
         m.head.weight[-1].zero_()
