@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -132,3 +134,25 @@ def test_a_signal_python_swallows_still_ends_with_the_stopped_status(monkeypatch
     monkeypatch.setattr(info, "run", run)
     assert main(["info", "unused"]) == 128 + signal.SIGTERM
     assert "stopped by SIGTERM" in capsys.readouterr().err
+
+
+def test_the_reaper_finds_processes_by_the_commands_mark():
+    """A process Ray starts in the reaper's last half second is orphaned before any poll sees
+    it below the command; it still carries the command's mark, and only it is found."""
+    pytest.importorskip("psutil")
+    from worldmodels.distributed.reaper import OWNER_VARIABLE, marked
+
+    owner = os.getpid()
+    since = time.time() - 1
+    sleep = [sys.executable, "-c", "import time; time.sleep(30)"]
+    mark = {**os.environ, OWNER_VARIABLE: str(owner)}
+    other = {**os.environ, OWNER_VARIABLE: str(owner + 1)}
+    procs = [subprocess.Popen(sleep, env=env) for env in (mark, other)]
+    try:
+        wait_for(lambda: procs[0].pid in marked(owner, since), 10, "the marked process")
+        assert procs[1].pid not in marked(owner, since)
+        assert procs[0].pid not in marked(owner, time.time() + 60)  # started before `since`
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()

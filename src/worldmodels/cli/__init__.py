@@ -114,6 +114,8 @@ _received: list[int] = []
 
 def _stop(signum, frame):
     _received.append(signum)
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
     raise Stopped(signum)
 
 
@@ -125,7 +127,8 @@ def stop_on_termination_signals():
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    signals = (signal.SIGTERM, signal.SIGHUP)
+    # SIGINT too, only so that a swallowed one is still seen (it raises KeyboardInterrupt)
+    signals = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
     _received.clear()
     previous = {s: signal.signal(s, _stop) for s in signals}
     try:
@@ -146,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
                 # The handler's exception was swallowed (a signal that lands in a fork hook or
                 # a finaliser is "ignored" by Python) and the command ran on to its end: its
                 # work is done and saved, but the exit status still says it was stopped.
-                raise Stopped(_received[0])
+                raise KeyboardInterrupt if _received[0] == signal.SIGINT else Stopped(_received[0])
             return code
     except (StoreError, *USER_ERRORS) as e:
         print(f"worldmodels {args.command}: error: {e}", file=sys.stderr)

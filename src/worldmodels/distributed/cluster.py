@@ -168,7 +168,12 @@ def command_keeps_sigterm(ray):
 
 def start_reaper() -> subprocess.Popen:
     """A process that ends this local Ray instance's agents and workers if this command dies
-    without running its exit handlers (SIGKILL; see ``distributed/reaper.py``)."""
+    without running its exit handlers (SIGKILL; see ``distributed/reaper.py``). The processes
+    Ray starts from now on inherit ``OWNER_VARIABLE``: the reaper finds those it had no time
+    to see below the command (one started in its last half second) by that mark."""
+    from worldmodels.distributed.reaper import OWNER_VARIABLE
+
+    os.environ[OWNER_VARIABLE] = str(os.getpid())
     return subprocess.Popen(
         [sys.executable, "-m", "worldmodels.distributed.reaper", str(os.getpid())],
         stdin=subprocess.DEVNULL,

@@ -23,6 +23,23 @@ import psutil
 
 POLL_S = 0.5
 GRACE_S = 3.0  # between SIGTERM and SIGKILL
+OWNER_VARIABLE = "WORLDMODELS_RAY_OWNER"  # set by the command: its PID, inherited by Ray's
+
+
+def marked(owner: int, since: float) -> dict[int, float]:
+    """Processes carrying ``OWNER_VARIABLE=owner`` started after ``since`` (a process the
+    polls missed, orphaned when the command died, still has the command's mark)."""
+    found: dict[int, float] = {}
+    me = os.getpid()
+    for proc in psutil.process_iter(["pid", "create_time"]):
+        with contextlib.suppress(psutil.Error):
+            if (
+                proc.pid != me
+                and proc.info["create_time"] >= since
+                and proc.environ().get(OWNER_VARIABLE) == str(owner)
+            ):
+                found[proc.pid] = proc.info["create_time"]
+    return found
 
 
 def watch(pid: int, poll_s: float = POLL_S) -> dict[int, float]:
@@ -67,7 +84,13 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m worldmodels.distributed.reaper PID", file=sys.stderr)
         return 2
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is for the command, not for this
-    end(watch(int(args[0])))
+    owner = int(args[0])
+    try:
+        since = psutil.Process(owner).create_time()
+    except psutil.Error:
+        return 0
+    seen = watch(owner)
+    end({**marked(owner, since), **seen})
     return 0
 
 
