@@ -112,11 +112,14 @@ class Stopped(KeyboardInterrupt):
 _received: list[int] = []
 
 
+def _interruption(signum: int) -> KeyboardInterrupt:
+    """What a signal raises: Ctrl-C's own KeyboardInterrupt, or Stopped naming the signal."""
+    return KeyboardInterrupt() if signum == signal.SIGINT else Stopped(signum)
+
+
 def _stop(signum, frame):
     _received.append(signum)
-    if signum == signal.SIGINT:
-        raise KeyboardInterrupt
-    raise Stopped(signum)
+    raise _interruption(signum)
 
 
 @contextlib.contextmanager
@@ -149,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
                 # The handler's exception was swallowed (a signal that lands in a fork hook or
                 # a finaliser is "ignored" by Python) and the command ran on to its end: its
                 # work is done and saved, but the exit status still says it was stopped.
-                raise KeyboardInterrupt if _received[0] == signal.SIGINT else Stopped(_received[0])
+                raise _interruption(_received[0])
             return code
     except (StoreError, *USER_ERRORS) as e:
         print(f"worldmodels {args.command}: error: {e}", file=sys.stderr)
