@@ -288,6 +288,17 @@ def test_dream_train_and_sweep_commands(doom_run, tmp_path, capsys):
     table = (sweep / "sweep.md").read_text()
     assert "| 0.5 |" in table and "| 1.5 |" in table
     assert (sweep / "tau_0.5" / "best.npy").exists() and (sweep / "tau_1.5" / "log.csv").exists()
+    # a later sweep in the same folder adds its temperatures to the table; one already scored
+    # on as many episodes is not scored again
+    scored = (sweep / "tau_1.5" / "sweep_row.json").stat().st_mtime_ns
+    more[1:3] = ["1.0", "1.5"]
+    assert main([*args, *more, "--dream-episodes", "8", "--num-envs", "1"]) == 0
+    table = (sweep / "sweep.md").read_text()
+    assert [line.split("|")[1].strip() for line in table.splitlines()[2:5]] == ["0.5", "1", "1.5"]
+    assert (sweep / "tau_1.5" / "sweep_row.json").stat().st_mtime_ns == scored
+    (sweep / "tau_1.5" / "sweep_row.json").write_text('{"tau": 1}')
+    assert main([*args, *more, "--dream-episodes", "8", "--num-envs", "1"]) == 2
+    assert "tau_1.5/sweep_row.json: not a sweep row" in capsys.readouterr().err
 
 
 def test_the_real_game_reference_evolves_doom_c_in_vizdoom(doom_run, tmp_path, capsys):
