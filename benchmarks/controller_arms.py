@@ -8,7 +8,8 @@ below), run as ``worldmodels pipeline --preset laptop --out ARM --set ...`` on a
 base run's finished collect / V / encode / M stages (hard links: no data is copied). All arms
 run at once, pinned round-robin to the machine's cores, so they share the same load: wall time
 is the quantity held equal. Each arm is then scored on the same 100 episodes (scoring seeds
-0..99, which no training or selection step sees). ``--score-backend envpool`` (default) scores
+0..99, which no training or selection step of C sees; a base run collected before the
+collection seed moved to 2,000,000 gave V and M data from those tracks, see the README). ``--score-backend envpool`` (default) scores
 on seeded EnvPool episodes, minutes instead of the 20 of gymnasium; pass ``gymnasium`` for the
 reference. Prints one table row per arm and writes ``arms.md`` and ``arms.png`` (mean-eval
 against CMA-ES minutes). Resumable: finished arms are kept, unfinished ones continue.
@@ -29,7 +30,12 @@ BASE_STAGES = ("collect", "train-vae", "encode", "train-mdrnn")
 LINKED = ("episodes", "series")  # large and read-only: hard-linked
 COPIED = ("vae", "mdrnn")
 
-# name -> (what it tests, --set assignments on top of the laptop preset)
+# every arm starts from the laptop preset's controller as the arms were first run (stop 14):
+# C fed a sample of z, sigma0 0.1, training episodes cut after 50 steps without a new tile;
+# the preset has since taken the winners' settings, and this keeps each arm's meaning fixed
+FIRST_LAPTOP = ["controller.z_mode=sample", "controller.sigma0=0.1", "controller.early_stop=50"]
+
+# name -> (what it tests, --set assignments on top of FIRST_LAPTOP)
 ARMS = {
     "no-crn": (
         "16 x 2, every candidate its own tracks (before)",
@@ -86,8 +92,30 @@ def prepare_arm(base: Path, arm: Path) -> None:
     (arm / "stages.json").write_text(json.dumps(kept, indent=1))
 
 
+def base_assignments(base: Path) -> list[str]:
+    """``--set`` values that make the laptop preset match the base run's finished stages (a
+    base collected before the collection seed moved from 0 needs collect.seed=0)."""
+    from worldmodels.config import (
+        PipelineConfig,
+        assignments,
+        config_differences,
+        from_dict,
+        preset,
+    )
+
+    saved = json.loads((base / "config.json").read_text())
+    saved = from_dict(
+        PipelineConfig, {k: v for k, v in saved.items() if k not in ("type", "preset")}
+    )
+    sections = ("collect", "vae", "mdrnn")
+    changed = [k for k in config_differences(saved, preset("laptop")) if k.startswith(sections)]
+    return assignments(saved, changed)
+
+
 def arm_command(arm: Path, sets: list[str], minutes: float, backend: str) -> list[str]:
     common = [
+        *base_assignments(arm),  # the arm's config.json is the base run's
+        *FIRST_LAPTOP,
         f"controller.time_budget_s={minutes * 60:g}",
         "controller.workers=1",  # one EnvPool thread: each arm is pinned to one core
         "controller.env_groups=1",

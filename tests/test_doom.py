@@ -194,7 +194,7 @@ def test_short_episodes_are_dropped_and_replayed_with_new_seeds(tmp_path):
     assert sum(m["dropped_before"] for m in metas) > 0  # random play often dies sooner
     for i, m in enumerate(metas):
         tries = m["dropped_before"]
-        assert m["seed"] == (i if tries == 0 else pool_seed(0, i, tries))
+        assert m["seed"] == (config.seed + i if tries == 0 else pool_seed(config.seed, i, tries))
     again = collect(config, str(tmp_path / "b"), progress=False)  # the same tries, the same data
     assert again.frames_new == summary.frames_new
     other = EpisodeStore(tmp_path / "b")

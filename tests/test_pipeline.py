@@ -52,6 +52,26 @@ def test_every_stage_ran_and_left_its_outputs(smoke_run):
     assert "recon.png" in report and "dream_vs_real.png" in report
 
 
+def test_the_data_never_holds_a_track_that_scores_or_selects_c(smoke_run):
+    """V and M are trained on collected episodes: their seeds must not be the scoring seeds
+    (nor C's selection seeds), or the score is measured on tracks the model has seen."""
+    from worldmodels.data.store import EpisodeStore
+
+    ev = json.loads((smoke_run / "eval.json").read_text())
+    data = {episode.meta["seed"] for episode in EpisodeStore(smoke_run / "episodes")}
+    assert data and not data & set(ev["seeds"])
+    for name in PRESETS:
+        c = preset(name)
+        start = c.collect.seed
+        collected = range(start, start + c.collect.episodes)
+        scoring = range(c.evaluate.seed, c.evaluate.seed + c.evaluate.episodes)
+        selection = range(
+            c.controller.eval_seed, c.controller.eval_seed + c.controller.eval_episodes
+        )
+        for other in (scoring, selection):
+            assert max(collected.start, other.start) >= min(collected.stop, other.stop), name
+
+
 def test_a_second_run_skips_finished_stages(smoke_run, capsys):
     before = (smoke_run / "controller" / BEST).read_bytes()
     run_pipeline(preset("smoke"), smoke_run, preset_name="smoke", progress=False)
@@ -135,6 +155,7 @@ def test_a_different_preset_on_the_same_folder_is_refused(smoke_run, capsys):
     assert main(["pipeline", "--preset", "laptop", "--out", str(smoke_run)]) == 2
     err = capsys.readouterr().err
     assert "other settings of finished stages" in err and "collect.episodes" in err
+    assert "--set collect.episodes=4 " in err  # how to resume it: the smoke preset's value
 
 
 def test_set_changes_typed_settings_of_a_preset():

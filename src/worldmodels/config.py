@@ -15,6 +15,8 @@ from worldmodels.utils.io import atomic_write_json
 
 T = TypeVar("T")
 
+COLLECT_SEED = 2_000_000
+
 
 @dataclass
 class CollectConfig:
@@ -28,7 +30,9 @@ class CollectConfig:
     policy: str = "brownian"
     num_envs: int = 8  # environments stepped as one batch
     workers: int | None = None  # gymnasium subprocesses (default: one per core)
-    seed: int = 0
+    # episode i plays seed + i: from 2,000,000 up, so V and M never see the tracks that score
+    # a run (seeds 0..99) nor the selection seeds of C's mean-evals (1,000,000 up)
+    seed: int = COLLECT_SEED
     # episodes shorter than this are dropped and replayed with a new seed (the paper drops
     # Doom episodes of <= 100 frames); 0 keeps every episode
     min_length: int = 0
@@ -584,6 +588,18 @@ def config_differences(old: Any, new: Any, prefix: str = "") -> list[str]:
             )
         return out
     return [] if old == new else [prefix.rstrip(".")]
+
+
+def assignments(config: Any, keys: list[str]) -> list[str]:
+    """``key=value`` of ``config`` at each dotted key, as ``--set`` reads them back."""
+    out = []
+    for key in keys:
+        value = config
+        for name in key.split("."):
+            value = getattr(value, name)
+        text = "none" if value is None else str(value).lower() if isinstance(value, bool) else value
+        out.append(f"{key}={text}")
+    return out
 
 
 def to_dict(config: Any) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from pathlib import Path
 from worldmodels.config import (
     STAGES,
     PipelineConfig,
+    assignments,
     config_differences,
     from_dict,
     to_dict,
@@ -89,14 +90,16 @@ def prepare_run(out: str | Path, config: PipelineConfig, preset_name: str) -> Ru
         saved = read_json(config_file, "run config")
         saved.pop("type", None)
         saved_preset = saved.pop("preset", None)
-        changed = config_differences(from_dict(PipelineConfig, saved), config)
+        saved_config = from_dict(PipelineConfig, saved)
+        changed = config_differences(saved_config, config)
         finished = finished_stages(paths)
         frozen = [k for k in changed if SECTION_STAGE[k.split(".")[0]] in finished]
         if frozen:
+            same = " ".join(f"--set {a}" for a in assignments(saved_config, frozen))
             raise ValueError(
                 f"{paths.root} was made with other settings of finished stages (preset "
                 f"{saved_preset!r}): {', '.join(frozen)}; choose another --out, or resume "
-                "with the same settings"
+                f"with the same settings ({same})"
             )
         preset_name = saved_preset if not changed else preset_name
     elif paths.root.is_dir() and any(paths.root.iterdir()):
