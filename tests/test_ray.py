@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -308,3 +309,29 @@ def test_train_in_dream_on_ray(ray_instance, doom_run, tmp_path):
         *paths, tmp_path, config, DreamConfig(max_steps=60), progress=False, cluster=LOCAL
     )
     assert summary.generations == 2 and (tmp_path / "best.npy").exists()
+
+
+def test_dream_sweep_on_ray_from_the_command_line(ray_instance, doom_run, tmp_path):
+    """`dream-sweep --ray` trains and scores on the cluster: an address that is not one stops
+    it before any work (without the flag wired through it would run here and succeed)."""
+    from worldmodels.cli import main
+
+    models = [
+        *("--mdrnn", str(doom_run / "mdrnn" / "mdrnn.pt"), "--series", str(doom_run / "series")),
+        *("--vae", str(doom_run / "vae" / "vae.pt"), "--temperatures", "1.0"),
+        *("--popsize", "4", "--rollouts", "2", "--dream-max-steps", "20", "--generations", "1"),
+        *("--eval-every", "0", "--eval-episodes", "2", "--max-steps", "20", "--num-envs", "2"),
+        *("--dream-episodes", "4", "--no-progress"),
+    ]
+    refused = subprocess.run(  # its own process: this one is attached to the test's instance
+        [sys.executable, "-m", "worldmodels", "dream-sweep", *models, "--out", str(tmp_path / "a")]
+        + ["--ray", "127.0.0.1:1"],
+        capture_output=True,
+        text=True,
+    )
+    assert refused.returncode == 2, refused.stderr
+    assert "cannot reach the Ray cluster at 127.0.0.1:1" in refused.stderr
+    assert not (tmp_path / "a" / "tau_1" / "sweep_row.json").exists()
+    assert main(["dream-sweep", *models, "--out", str(tmp_path / "b"), "--ray"]) == 0
+    row = json.loads((tmp_path / "b" / "tau_1" / "sweep_row.json").read_text())
+    assert row["generations"] == 1 and row["real_episodes"] == 2

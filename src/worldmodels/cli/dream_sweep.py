@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from worldmodels.cli import positive_int
+from worldmodels.cli import add_ray_arguments, positive_int, ray_settings
 from worldmodels.cli.dream_train import add_dream_arguments, configs
 
 NAME = "dream-sweep"
@@ -22,6 +22,7 @@ def add_arguments(p) -> None:
     )
     p.add_argument("--dream-episodes", type=positive_int, default=100, help="dreams per score")
     add_dream_arguments(p)
+    add_ray_arguments(p)
 
 
 def run(args) -> int:
@@ -39,6 +40,7 @@ def run(args) -> int:
         dream_episodes=args.dream_episodes,
         real_episodes=args.eval_episodes,
         progress=not args.no_progress,
+        cluster=ray_settings(args),
     )
     print(f"temperature table: {args.out}/sweep.md")
     return 0

@@ -90,6 +90,7 @@ def temperature_sweep(
     real_episodes: int = 100,
     progress: bool = True,
     log=print,
+    cluster=None,
 ) -> list[SweepRow]:
     """Train and score one controller per temperature; every run is resumed if it exists,
     and a temperature already scored on as many episodes is not scored again."""
@@ -109,6 +110,7 @@ def temperature_sweep(
             at_tau,
             resume=(run / STATE).exists(),
             progress=progress,
+            cluster=cluster,
         )
         row = read_row(run, summary.generations, dream_episodes, real_episodes)
         if row is None:
@@ -121,6 +123,7 @@ def temperature_sweep(
                 dream_episodes,
                 real_episodes,
                 progress,
+                cluster,
             )
             row = SweepRow(
                 tau,
@@ -140,7 +143,9 @@ def temperature_sweep(
     return rows
 
 
-def score_run(run, mdrnn_path, series_path, config, dream, dream_episodes, real_episodes, progress):
+def score_run(
+    run, mdrnn_path, series_path, config, dream, dream_episodes, real_episodes, progress, cluster
+):
     """The paper's two figures for a run's ``best.npy``: the "virtual score" (returns of
     dreams at the run's temperature) and the "actual score" (an evaluation in the real game)."""
     from worldmodels.agent import Agent
@@ -164,6 +169,7 @@ def score_run(run, mdrnn_path, series_path, config, dream, dream_episodes, real_
         num_envs=config.num_envs,
         max_steps=config.max_steps,
         progress=progress,
+        cluster=cluster,
     )
     return dreams, real
 
