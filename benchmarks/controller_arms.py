@@ -9,10 +9,11 @@ base run's finished collect / V / encode / M stages (hard links: no data is copi
 run at once, pinned round-robin to the machine's cores, so they share the same load: wall time
 is the quantity held equal. Each arm is then scored on the same 100 episodes (scoring seeds
 0..99, which no training or selection step of C sees; a base run collected before the
-collection seed moved to 2,000,000 gave V and M data from those tracks, see the README). ``--score-backend envpool`` (default) scores
-on seeded EnvPool episodes, minutes instead of the 20 of gymnasium; pass ``gymnasium`` for the
-reference. Prints one table row per arm and writes ``arms.md`` and ``arms.png`` (mean-eval
-against CMA-ES minutes). Resumable: finished arms are kept, unfinished ones continue.
+collection seed moved to 2,000,000 gave V and M data from those tracks, see the README).
+``--score-backend envpool`` (default) scores on seeded EnvPool episodes, minutes instead of
+the 20 of gymnasium; pass ``gymnasium`` for the reference. Prints one table row per arm and
+writes ``arms.md`` and ``arms.png`` (mean-eval against CMA-ES minutes). Resumable: finished
+arms are kept, unfinished ones continue.
 """
 
 from __future__ import annotations
