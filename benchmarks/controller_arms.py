@@ -96,21 +96,11 @@ def prepare_arm(base: Path, arm: Path) -> None:
 def base_assignments(base: Path) -> list[str]:
     """``--set`` values that make the laptop preset match the base run's finished stages (a
     base collected before the collection seed moved from 0 needs collect.seed=0)."""
-    from worldmodels.config import (
-        PipelineConfig,
-        assignments,
-        config_differences,
-        from_dict,
-        preset,
-    )
+    from worldmodels.config import assignments, config_differences, preset
+    from worldmodels.pipeline import frozen_keys, read_run_config
 
-    saved = json.loads((base / "config.json").read_text())
-    saved = from_dict(
-        PipelineConfig, {k: v for k, v in saved.items() if k not in ("type", "preset")}
-    )
-    sections = ("collect", "vae", "mdrnn")
-    changed = [k for k in config_differences(saved, preset("laptop")) if k.startswith(sections)]
-    return assignments(saved, changed)
+    saved, _ = read_run_config(base)
+    return assignments(saved, frozen_keys(config_differences(saved, preset("laptop")), BASE_STAGES))
 
 
 def arm_command(arm: Path, sets: list[str], minutes: float, backend: str) -> list[str]:

@@ -87,13 +87,9 @@ def prepare_run(out: str | Path, config: PipelineConfig, preset_name: str) -> Ru
     if paths.root.exists() and not paths.root.is_dir():
         raise NotADirectoryError(f"{paths.root}: exists and is not a folder")
     if config_file.exists():
-        saved = read_json(config_file, "run config")
-        saved.pop("type", None)
-        saved_preset = saved.pop("preset", None)
-        saved_config = from_dict(PipelineConfig, saved)
+        saved_config, saved_preset = read_run_config(paths.root)
         changed = config_differences(saved_config, config)
-        finished = finished_stages(paths)
-        frozen = [k for k in changed if SECTION_STAGE[k.split(".")[0]] in finished]
+        frozen = frozen_keys(changed, finished_stages(paths))
         if frozen:
             same = " ".join(f"--set {a}" for a in assignments(saved_config, frozen))
             raise ValueError(
@@ -109,6 +105,19 @@ def prepare_run(out: str | Path, config: PipelineConfig, preset_name: str) -> Ru
         config_file, {"type": "PipelineConfig", "preset": preset_name, **to_dict(config)}
     )
     return paths
+
+
+def read_run_config(root: Path) -> tuple[PipelineConfig, str | None]:
+    """A run folder's saved settings and the name of the preset they came from."""
+    saved = read_json(root / "config.json", "run config")
+    saved.pop("type", None)
+    preset_name = saved.pop("preset", None)
+    return from_dict(PipelineConfig, saved), preset_name
+
+
+def frozen_keys(changed: list[str], finished) -> list[str]:
+    """The changed settings (dotted keys) that belong to finished stages."""
+    return [k for k in changed if SECTION_STAGE[k.split(".")[0]] in finished]
 
 
 def finished_stages(paths: RunPaths) -> dict:
