@@ -12,9 +12,17 @@ from worldmodels.config import ControllerConfig, EvalConfig
 from worldmodels.controller.model import MODES, ControllerSpec, check_params, controller_actions
 from worldmodels.controller.policy import WorldModelPolicy
 from worldmodels.controller.rollout import RolloutEngine, make_env_groups
-from worldmodels.controller.train import TRAIN_SEED_BASE, generation_jobs, generation_seeds
+from worldmodels.controller.train import (
+    BEST,
+    SELECTION_JSON,
+    TRAIN_SEED_BASE,
+    final_selection,
+    final_selection_seeds,
+    generation_jobs,
+    generation_seeds,
+)
 from worldmodels.envs import envpool_available, make_vec_env
-from worldmodels.evolution.cmaes import STATE, ESSettings, run_es
+from worldmodels.evolution.cmaes import STATE, ESSettings, new_state, run_es
 from worldmodels.memory.mdrnn import MDNRNN
 from worldmodels.vision.vae import ConvVAE
 
@@ -116,6 +124,43 @@ def test_training_selection_and_scoring_seeds_never_meet():
     scoring = set(range(EvalConfig().seed, EvalConfig().seed + 100))
     assert not train & selection and not train & scoring and not selection & scoring
     assert min(train) >= TRAIN_SEED_BASE
+
+
+def test_the_final_selection_keeps_the_best_mean_over_all_selection_tracks(tmp_path):
+    """The winner's curse: the best mean-eval on a few tracks may be luck. Three evaluated
+    means; the one that was luckiest on its mean-eval is not the best on the final tracks, and
+    the final selection keeps the best mean over every selection track, on the real game."""
+    policy = make_policy()
+    config = ControllerConfig(eval_episodes=2, final_top=3, final_episodes=3, max_steps=25)
+    params = np.random.default_rng(3).standard_normal((3, policy.spec.num_params)) * 0.5
+    seeds = final_selection_seeds(config)
+    assert seeds == [config.eval_seed + 2 + i for i in range(3)]
+    with make_vec_env(backend="gymnasium", num_envs=3, max_steps=25, workers=0) as env:
+        engine = RolloutEngine(policy, env)
+        final = [engine.run(p[None], [(0, s) for s in seeds]).returns.sum() for p in params]
+        order = np.argsort(final)  # worst to best on the final tracks
+        assert final[order[-1]] - final[order[0]] > 1.0  # the candidates really differ
+        state = new_state(ESSettings(num_params=policy.spec.num_params, popsize=4))
+        for rank, c in enumerate(order):
+            bonus = 0.2 if rank == 0 else 0.0  # the worst one's mean-eval was the best
+            state.evaluated.append(
+                {"generation": 10 * (c + 1), "params": params[c], "returns": np.full(2, bonus)}
+            )
+        state.evaluated.append(  # a fourth mean, evaluated worst: not replayed with top 3
+            {"generation": 99, "params": params[order[-1]], "returns": np.full(2, -1e6)}
+        )
+        record = final_selection(state, engine, config, tmp_path)
+    best = int(order[-1])
+    assert record["chosen"] == 10 * (best + 1) != 10 * (order[0] + 1)
+    assert {r["generation"] for r in record["candidates"]} == {10, 20, 30}
+    np.testing.assert_array_equal(np.load(tmp_path / BEST), params[best])
+    row = next(r for r in record["candidates"] if r["generation"] == record["chosen"])
+    assert row["episodes"] == 5 and row["final_mean"] == pytest.approx(final[best] / 3, abs=1e-3)
+    # a rerun with the same candidates reuses the record, and restores best.npy from it
+    np.save(tmp_path / BEST, np.zeros(policy.spec.num_params))
+    assert final_selection(state, None, config, tmp_path) == record
+    np.testing.assert_array_equal(np.load(tmp_path / BEST), params[best])
+    assert (tmp_path / SELECTION_JSON).exists()
 
 
 @pytest.mark.parametrize("backend", ["gymnasium", pytest.param("envpool", marks=needs_envpool)])

@@ -52,6 +52,29 @@ def test_every_stage_ran_and_left_its_outputs(smoke_run):
     assert "recon.png" in report and "dream_vs_real.png" in report
 
 
+def test_best_npy_is_the_final_selections_choice(smoke_run):
+    """The smoke preset re-evaluates its two mean-evals on two more selection tracks: best.npy
+    is the evaluated mean with the best mean over its four selection tracks."""
+    from worldmodels.controller.train import SELECTION_JSON
+    from worldmodels.evolution.cmaes import STATE, safe_loads
+
+    folder = smoke_run / "controller"
+    record = json.loads((folder / SELECTION_JSON).read_text())
+    rows = record["candidates"]
+    assert len(rows) == 2 and all(r["episodes"] == 4 for r in rows)
+    assert record["chosen"] == max(rows, key=lambda r: r["selection_mean"])["generation"]
+    for r in rows:
+        assert np.isclose(r["selection_mean"], (r["mean_eval"] + r["final_mean"]) / 2)
+    state = safe_loads((folder / STATE).read_bytes())
+    chosen = next(e for e in state.evaluated if e["generation"] == record["chosen"])
+    np.testing.assert_array_equal(np.load(folder / BEST), chosen["params"])
+    stages = json.loads((smoke_run / "stages.json").read_text())
+    assert (
+        f"final selection: the mean of generation {record['chosen']}"
+        in (stages["train-controller"]["summary"])
+    )
+
+
 def test_the_data_never_holds_a_track_that_scores_or_selects_c(smoke_run):
     """V and M are trained on collected episodes: their seeds must not be the scoring seeds
     (nor C's selection seeds), or the score is measured on tracks the model has seen."""
@@ -65,9 +88,7 @@ def test_the_data_never_holds_a_track_that_scores_or_selects_c(smoke_run):
         start = c.collect.seed
         collected = range(start, start + c.collect.episodes)
         scoring = range(c.evaluate.seed, c.evaluate.seed + c.evaluate.episodes)
-        selection = range(
-            c.controller.eval_seed, c.controller.eval_seed + c.controller.eval_episodes
-        )
+        selection = c.controller.selection_seeds()
         for other in (scoring, selection):
             assert max(collected.start, other.start) >= min(collected.stop, other.stop), name
 
@@ -193,6 +214,7 @@ def test_set_changes_typed_settings_of_a_preset():
         ("controller.z_mode=median", "unknown z_mode 'median'; choose one of sample, mean"),
         ("collect.policy=greedy", "unknown policy 'greedy'; choose one of brownian"),
         ("dream.temperature=2", "no 'dream' section"),
+        ("controller.final_episodes=0", "final_episodes must be positive"),
         ("controller.rollouts", "expected SECTION.KEY=VALUE"),
     ],
 )
@@ -205,6 +227,11 @@ def test_set_refuses_bad_settings_in_one_line_and_writes_nothing(
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1, err
     assert not out.exists()
+
+
+def test_a_dream_run_refuses_a_final_selection_in_the_game():
+    with pytest.raises(ValueError, match="chosen by dream.select_on_real"):
+        apply_overrides(preset("doom-laptop"), ["controller.final_top=2"])
 
 
 def test_set_on_resume_changes_unfinished_stages_only(smoke_run, tmp_path, capsys):

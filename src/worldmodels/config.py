@@ -186,6 +186,11 @@ class ControllerConfig:
     eval_every: int = 25  # evaluate the distribution mean every N generations (0: never)
     eval_episodes: int = 1024
     eval_seed: int = 1_000_000  # evaluation episodes use eval_seed, eval_seed + 1, ...
+    # the final selection: at the end, the final_top best mean-evals play final_episodes more
+    # selection tracks and best.npy is the best over all its tracks (the max of many noisy
+    # mean-evals overrates its mean: the winner's curse); 0: the best mean-eval, as in 2018
+    final_top: int = 0
+    final_episodes: int = 64
     backend: str = "auto"
     num_envs: int = 64
     workers: int | None = None
@@ -202,6 +207,11 @@ class ControllerConfig:
     env_groups: int = 2
     device: str = "auto"
     seed: int = 0
+
+    def selection_seeds(self) -> range:
+        """Every track that chooses best.npy: the mean-evals' and the final selection's."""
+        extra = self.final_episodes if self.final_top else 0
+        return range(self.eval_seed, self.eval_seed + self.eval_episodes + extra)
 
     def validate(self) -> None:
         for name in (
@@ -221,8 +231,10 @@ class ControllerConfig:
             raise ValueError(f"sigma0 must be positive, got {self.sigma0}")
         if self.early_stop is not None and self.early_stop < 1:
             raise ValueError(f"early_stop must be positive, got {self.early_stop}")
-        if self.eval_every < 0 or self.weight_decay < 0:
-            raise ValueError("eval_every and weight_decay must be >= 0")
+        if self.eval_every < 0 or self.weight_decay < 0 or self.final_top < 0:
+            raise ValueError("eval_every, weight_decay and final_top must be >= 0")
+        if self.final_episodes < 1:
+            raise ValueError(f"final_episodes must be positive, got {self.final_episodes}")
         from worldmodels.controller.model import DOOM_MODES, MODES
         from worldmodels.controller.policy import Z_MODES
 
@@ -316,6 +328,8 @@ PRESETS: dict[str, PipelineConfig] = {
             max_steps=50,
             eval_every=1,
             eval_episodes=2,
+            final_top=2,
+            final_episodes=2,
             early_stop=20,
         ),
         evaluate=EvalConfig(episodes=2, num_envs=2, max_steps=50),
@@ -551,6 +565,11 @@ def apply_overrides(config: PipelineConfig, assignments: list[str]) -> PipelineC
                 section.validate()
             except ValueError as e:
                 raise ValueError(f"--set: {f.name}: {e}") from None
+    if config.dream is not None and config.controller.final_top:
+        raise ValueError(
+            "--set controller.final_top: C evolved in the dream is chosen by "
+            "dream.select_on_real, not by a final selection in the game"
+        )
     return config
 
 

@@ -52,6 +52,14 @@ def add_arguments(p) -> None:
         help="evaluate the distribution mean every N generations (0: never)",
     )
     p.add_argument("--eval-episodes", type=positive_int, default=d.eval_episodes)
+    p.add_argument(
+        "--final-top",
+        type=int,
+        default=d.final_top,
+        help="at the end, replay the N best mean-evals on --final-episodes more selection "
+        "tracks and keep the best over all its tracks (0: the best mean-eval)",
+    )
+    p.add_argument("--final-episodes", type=positive_int, default=d.final_episodes)
     p.add_argument("--backend", default=d.backend, help="auto | gymnasium | envpool")
     p.add_argument("--num-envs", type=positive_int, default=d.num_envs)
     p.add_argument("--workers", type=int, default=d.workers)
@@ -80,6 +88,8 @@ def run(args) -> int:
         weight_decay=args.weight_decay,
         eval_every=args.eval_every,
         eval_episodes=args.eval_episodes,
+        final_top=args.final_top,
+        final_episodes=args.final_episodes,
         backend=args.backend,
         num_envs=args.num_envs,
         workers=args.workers,

@@ -4,12 +4,15 @@ Fitness of a candidate = mean return over ``rollouts`` episodes. All candidates 
 generation play the same ``rollouts`` seeds, on either backend (common random numbers: the
 ranking compares controllers, not track luck). Every ``eval_every`` generations the
 distribution mean plays ``eval_episodes`` fixed selection seeds with no early stop; the best of
-those means is ``best.npy``, what ``Agent.load`` and ``evaluate`` use.
+those means is ``best.npy``, what ``Agent.load`` and ``evaluate`` use. With ``final_top`` the
+best few of those means then play ``final_episodes`` more selection seeds and ``best.npy`` is
+the one with the best mean over all of them (``selection.json`` says how each did).
 """
 
 from __future__ import annotations
 
 import io
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +30,7 @@ from worldmodels.utils.io import atomic_write, atomic_write_bytes, atomic_write_
 CONTROLLER_JSON = "controller.json"
 BEST = "best.npy"
 LATEST = "latest.npy"
+SELECTION_JSON = "selection.json"
 
 
 @dataclass
@@ -37,13 +41,21 @@ class ControllerSummary:
     seconds: float
     env_steps: int
     out_dir: Path
+    selection: dict | None = None  # the final selection's record (selection.json)
 
     def line(self) -> str:
         best = "not evaluated" if not np.isfinite(self.best_eval) else f"{self.best_eval:.1f}"
+        chosen = ""
+        if self.selection is not None:
+            row = chosen_row(self.selection)
+            chosen = (
+                f"; final selection: the mean of generation {row['generation']}, "
+                f"{row['selection_mean']:.1f} over {row['episodes']} selection tracks"
+            )
         return (
             f"{self.generations} generations in {self.seconds:.0f} s "
             f"({self.env_steps / max(self.seconds, 1e-9):.0f} env steps/s); best mean-eval {best}, "
-            f"best candidate {self.best_candidate:.1f}; parameters in {self.out_dir / BEST}"
+            f"best candidate {self.best_candidate:.1f}{chosen}; parameters in {self.out_dir / BEST}"
         )
 
 
@@ -151,6 +163,7 @@ def train_controller(
             progress=progress,
             on_generation=on_generation,
         )
+        selection = final_selection(state, engine, config, out_dir)
     finally:
         engine.close()
         tb.close()
@@ -162,7 +175,57 @@ def train_controller(
         state.seconds,
         env_steps,
         out_dir,
+        selection,
     )
+
+
+def final_selection_seeds(config: ControllerConfig) -> list[int]:
+    """The selection tracks after the mean-evals' (never training or scoring tracks)."""
+    return list(config.selection_seeds())[config.eval_episodes :]
+
+
+def final_selection(state: ESState, engine, config: ControllerConfig, out_dir: Path):
+    """Replay the ``final_top`` best evaluated means on ``final_episodes`` more selection
+    tracks, all on the same tracks, and save as ``best.npy`` the one with the best mean over
+    every selection track it played. Returns the record written to ``selection.json``, or None
+    when there is no final selection. Done once: a rerun with the same candidates reuses it."""
+    if not config.final_top or not state.evaluated:
+        return None
+    ranked = sorted(state.evaluated, key=lambda e: float(np.mean(e["returns"])), reverse=True)
+    ranked = ranked[: config.final_top]
+    seeds = final_selection_seeds(config)
+    key = {"generations": [int(e["generation"]) for e in ranked], "seeds": [seeds[0], seeds[-1]]}
+    path = out_dir / SELECTION_JSON
+    record = read_json(path, "final selection") if path.exists() else None
+    if record is None or {k: record.get(k) for k in key} != key:
+        start = time.perf_counter()
+        jobs = [(c, s) for c in range(len(ranked)) for s in seeds]
+        params = np.stack([e["params"] for e in ranked])
+        more = engine.run(params, jobs).returns.reshape(len(ranked), len(seeds))
+        rows = []
+        for e, returns in zip(ranked, more, strict=True):
+            every = np.concatenate([e["returns"], returns])
+            rows.append(
+                {
+                    "generation": int(e["generation"]),
+                    "mean_eval": float(np.mean(e["returns"])),
+                    "final_mean": float(returns.mean()),
+                    "selection_mean": float(every.mean()),
+                    "selection_std": float(every.std()),
+                    "episodes": len(every),
+                }
+            )
+        chosen = max(rows, key=lambda r: r["selection_mean"])["generation"]
+        record = {**key, "chosen": chosen, "candidates": rows}
+        record["seconds"] = time.perf_counter() - start
+        atomic_write_json(path, record)
+    params = next(e["params"] for e in ranked if e["generation"] == record["chosen"])
+    save_params(out_dir / BEST, params)
+    return record
+
+
+def chosen_row(record: dict) -> dict:
+    return next(r for r in record["candidates"] if r["generation"] == record["chosen"])
 
 
 def write_controller_json(

@@ -201,6 +201,11 @@ def train_in_dream(
 
     config.validate()
     dream.validate()
+    if config.final_top:
+        raise ValueError(
+            "controller.final_top is for C evolved in the game; in the dream, "
+            "dream.select_on_real chooses best.npy"
+        )
     out_dir = Path(out_dir)
     device = pick_device(config.device)
     mdrnn = load_mdrnn(mdrnn_path, device)

@@ -76,6 +76,8 @@ class ESState:
     best_eval: float = -np.inf
     best_candidate: np.ndarray | None = None  # the single best training candidate so far
     best_candidate_fitness: float = -np.inf
+    # every evaluated mean: {"generation", "params", "returns"} (for a final selection)
+    evaluated: list[dict] = field(default_factory=list)
 
 
 def new_state(settings: ESSettings) -> ESState:
@@ -100,6 +102,8 @@ def load_state(out_dir: Path, settings: ESSettings) -> ESState:
         raise ValueError(f"CMA-ES checkpoint {path} is corrupt: {e}") from None
     if not isinstance(state, ESState):
         raise ValueError(f"{path} is not a CMA-ES checkpoint of this package")
+    if not hasattr(state, "evaluated"):  # a checkpoint from before evaluated means were kept
+        state.evaluated = []
     if state.settings != settings.identity():
         diffs = {
             k: (state.settings.get(k), v)
@@ -292,6 +296,9 @@ def _generation(
         mean_params = np.asarray(state.es.mean).copy()
         returns = np.asarray(evaluate(mean_params), dtype=np.float64)
         row["eval_mean"], row["eval_std"] = returns.mean(), returns.std()
+        state.evaluated.append(
+            {"generation": state.generation, "params": mean_params, "returns": returns}
+        )
         if returns.mean() > state.best_eval:
             state.best_eval, state.best_params = float(returns.mean()), mean_params
     row["seconds"] = time.perf_counter() - start
