@@ -163,6 +163,16 @@ def test_the_final_selection_keeps_the_best_mean_over_all_selection_tracks(tmp_p
     assert (tmp_path / SELECTION_JSON).exists()
 
 
+def test_a_checkpoint_without_evaluated_means_keeps_the_best_mean_eval(tmp_path, capsys):
+    """A run resumed from a checkpoint made before the ES state kept its evaluated means has
+    nothing to replay: it says so and leaves best.npy alone."""
+    state = new_state(ESSettings(num_params=3, popsize=4))
+    state.history.append({"generation": 10, "eval_mean": 500.0})
+    assert final_selection(state, None, ControllerConfig(final_top=4), tmp_path) is None
+    assert "made before evaluated means were kept" in capsys.readouterr().out
+    assert not (tmp_path / BEST).exists() and not (tmp_path / SELECTION_JSON).exists()
+
+
 @pytest.mark.parametrize("backend", ["gymnasium", pytest.param("envpool", marks=needs_envpool)])
 def test_overlapped_engine_gives_the_synchronous_engines_returns(backend):
     """Two env groups stepped in turn (networks of one while the other's envs run) play the

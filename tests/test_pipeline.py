@@ -229,9 +229,11 @@ def test_set_refuses_bad_settings_in_one_line_and_writes_nothing(
     assert not out.exists()
 
 
-def test_a_dream_run_refuses_a_final_selection_in_the_game():
+def test_a_final_selection_needs_mean_evals_in_the_game():
     with pytest.raises(ValueError, match="chosen by dream.select_on_real"):
         apply_overrides(preset("doom-laptop"), ["controller.final_top=2"])
+    with pytest.raises(ValueError, match="final_top chooses among the mean-evals"):
+        apply_overrides(preset("smoke"), ["controller.eval_every=0"])
 
 
 def test_set_on_resume_changes_unfinished_stages_only(smoke_run, tmp_path, capsys):

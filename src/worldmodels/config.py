@@ -235,6 +235,8 @@ class ControllerConfig:
             raise ValueError("eval_every, weight_decay and final_top must be >= 0")
         if self.final_episodes < 1:
             raise ValueError(f"final_episodes must be positive, got {self.final_episodes}")
+        if self.final_top and not self.eval_every:
+            raise ValueError("final_top chooses among the mean-evals: it needs eval_every > 0")
         from worldmodels.controller.model import DOOM_MODES, MODES
         from worldmodels.controller.policy import Z_MODES
 

@@ -189,7 +189,14 @@ def final_selection(state: ESState, engine, config: ControllerConfig, out_dir: P
     tracks, all on the same tracks, and save as ``best.npy`` the one with the best mean over
     every selection track it played. Returns the record written to ``selection.json``, or None
     when there is no final selection. Done once: a rerun with the same candidates reuses it."""
-    if not config.final_top or not state.evaluated:
+    if not config.final_top:
+        return None
+    if not state.evaluated:
+        if any(row["eval_mean"] != "" for row in state.history):
+            print(
+                f"warning: {out_dir / 'es_state.pkl'} was made before evaluated means were kept: "
+                "no final selection, best.npy is the best mean-eval"
+            )
         return None
     ranked = sorted(state.evaluated, key=lambda e: float(np.mean(e["returns"])), reverse=True)
     ranked = ranked[: config.final_top]
