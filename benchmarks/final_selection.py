@@ -20,10 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from worldmodels.agent import Agent
+from worldmodels.controller.evaluate import evaluate_agent
 from worldmodels.controller.train import SELECTION_JSON
-from worldmodels.envs import DEFAULT_MAX_STEPS
 from worldmodels.evolution.cmaes import STATE, safe_loads
-from worldmodels.execution import rollout_engine
 from worldmodels.utils.io import atomic_write_json, read_json
 
 
@@ -35,22 +34,19 @@ def score_candidates(run: Path, episodes: int, seed: int, backend: str, num_envs
     rows = record["candidates"]
     params = np.stack([by_generation[r["generation"]] for r in rows])
     agent = Agent.load(run)
-    seeds = [seed + i for i in range(episodes)]
-    engine = rollout_engine(
-        agent.policy,
-        env="carracing",
-        backend=backend,
-        num_envs=num_envs,
-        max_steps=DEFAULT_MAX_STEPS,
-        seed=seed,
-        vae_path=agent.vae_path,
-        mdrnn_path=agent.mdrnn_path,
-    )
-    try:
-        jobs = [(c, s) for c in range(len(rows)) for s in seeds]
-        returns = engine.run(params, jobs).returns.reshape(len(rows), episodes)
-    finally:
-        engine.close()
+    scores = [  # each candidate scored exactly as `worldmodels evaluate` scores best.npy
+        evaluate_agent(
+            Agent(agent.policy, p, agent.env, agent.vae_path, agent.mdrnn_path),
+            episodes=episodes,
+            seed=seed,
+            num_envs=num_envs,
+            backend=backend,
+            progress=False,
+        )
+        for p in params
+    ]
+    seeds = scores[0].seeds
+    returns = np.stack([r.returns for r in scores])
     baseline = max(range(len(rows)), key=lambda i: rows[i]["mean_eval"])
     chosen = next(i for i, r in enumerate(rows) if r["generation"] == record["chosen"])
     diff = returns[chosen] - returns[baseline]
