@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -259,6 +261,28 @@ def test_killed_and_resumed_equals_uninterrupted(series, tmp_path, monkeypatch):
     # a finished run resumed with more steps continues it
     more = train_mdrnn(series, tmp_path / "b", tiny(steps=14), resume=True, progress=False)
     assert more.steps == 14 and more.steps_new == 2
+
+
+def test_time_budget_stops_saves_and_counts_resumed_runs(series, tmp_path, monkeypatch):
+    real_step = train_module.train_step
+
+    def slow_step(*args):  # 50 ms a step: the budget, not the step count, ends the run
+        time.sleep(0.05)
+        return real_step(*args)
+
+    monkeypatch.setattr(train_module, "train_step", slow_step)
+    first = train_mdrnn(series, tmp_path / "run", tiny(steps=1000, time_budget_s=0.3),
+                        progress=False)  # fmt: skip
+    assert 1 <= first.steps < 100 and first.steps_new == first.steps
+    saved = torch.load(tmp_path / "run" / "latest.pt", weights_only=False)
+    assert saved["step"] == first.steps  # checkpointed where it stopped: the stage is done
+    assert (tmp_path / "run" / "mdrnn.pt").exists() and first.total_seconds >= 0.3
+    again = train_mdrnn(series, tmp_path / "run", tiny(steps=1000, time_budget_s=0.3),
+                        resume=True, progress=False)  # fmt: skip
+    assert again.steps_new == 0 and again.steps == first.steps
+    longer = tiny(steps=1000, time_budget_s=first.total_seconds + 0.3)
+    more = train_mdrnn(series, tmp_path / "run", longer, resume=True, progress=False)
+    assert more.steps_new >= 1 and more.steps == first.steps + more.steps_new
 
 
 def test_nan_guard_names_the_step(tmp_path):

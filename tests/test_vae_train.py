@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -188,6 +191,31 @@ def test_killed_and_resumed_equals_uninterrupted(small_store, tmp_path, monkeypa
     changed = VAEConfig(**{**vars(config), "learning_rate": 1e-4})
     with pytest.raises(ValueError, match="learning_rate"):
         train_vae(small_store, tmp_path / "killed", changed, resume=True, progress=False)
+
+
+def test_time_budget_stops_saves_and_counts_resumed_runs(small_store, tmp_path, monkeypatch):
+    real_check = train_module.check_finite
+
+    def slow_step(loss, step, checkpoints):  # 50 ms a step: the budget, not max_steps, ends it
+        time.sleep(0.05)
+        real_check(loss, step, checkpoints)
+
+    monkeypatch.setattr(train_module, "check_finite", slow_step)
+    config = VAEConfig(max_steps=1000, batch_size=16, time_budget_s=0.3, checkpoint_every=500)
+    first = train_vae(small_store, tmp_path / "run", config, progress=False)
+    assert 1 <= first.steps < 100
+    assert first.total_seconds >= 0.3
+    # the model and a checkpoint at the step reached, so the stage counts as done
+    assert (tmp_path / "run" / "vae.pt").exists()
+    again = train_vae(small_store, tmp_path / "run", config, resume=True, progress=False)
+    assert again.new_steps == 0  # the budget counts the earlier run's time
+    more = dataclasses.replace(config, time_budget_s=first.total_seconds + 0.3)
+    longer = train_vae(small_store, tmp_path / "run", more, resume=True, progress=False)
+    assert longer.new_steps >= 1 and longer.steps == first.steps + longer.new_steps
+    with pytest.raises(SystemExit) as refused:
+        main(["train-vae", "--store", str(small_store), "--out", str(tmp_path / "x"),
+              "--time-budget", "0"])  # fmt: skip
+    assert refused.value.code == 2 and not (tmp_path / "x").exists()
 
 
 def test_non_finite_loss_names_step_and_checkpoint(small_store, tmp_path):

@@ -79,6 +79,11 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
         raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
 
 
+def check_time_budget(seconds: float | None) -> None:
+    if seconds is not None and not seconds > 0:
+        raise ValueError(f"time_budget_s must be positive (seconds) or None, got {seconds}")
+
+
 ENV_COLLECT_DEFAULTS = {
     "doom": {"max_steps": 2100, "policy": "doom_random", "min_length": 101},
 }
@@ -94,6 +99,7 @@ class VAEConfig:
     batch_size: int = 100
     epochs: int = 1
     max_steps: int | None = None  # stop after this many optimizer steps (overrides epochs)
+    time_budget_s: float | None = None  # also stop after this much training time (all runs)
     val_episodes: int = 1  # held-out episodes for validation loss and pictures
     checkpoint_every: int = 500
     log_every: int = 50
@@ -110,6 +116,7 @@ class VAEConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps must be positive, got {self.max_steps}")
+        check_time_budget(self.time_budget_s)
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
         if self.val_episodes < 0:
@@ -133,6 +140,7 @@ class MDNRNNConfig:
     min_learning_rate: float = 1e-5
     grad_clip: float = 1.0
     steps: int = 4000
+    time_budget_s: float | None = None  # also stop after this much training time (all runs)
     val_episodes: int = 1
     val_every: int = 200  # validation NLL on the held-out episodes every this many steps
     checkpoint_every: int = 200
@@ -158,6 +166,7 @@ class MDNRNNConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.learning_rate <= 0 or self.grad_clip <= 0:
             raise ValueError("learning_rate and grad_clip must be positive")
+        check_time_budget(self.time_budget_s)
         if not 0 < self.lr_decay <= 1 or self.min_learning_rate < 0:
             raise ValueError(
                 f"lr_decay must be in (0, 1] and min_learning_rate >= 0, got "

@@ -62,6 +62,14 @@ def positive_int(text: str) -> int:
     return value
 
 
+def minutes(text: str) -> float:
+    """A positive number of minutes, as seconds."""
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of minutes, got {text}")
+    return value * 60
+
+
 def add_ray_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--ray",

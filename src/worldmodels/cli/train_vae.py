@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from worldmodels.cli import positive_int
+from worldmodels.cli import minutes, positive_int
 from worldmodels.config import VAEConfig
 
 NAME = "train-vae"
@@ -15,6 +15,7 @@ HELP = "Train V (the ConvVAE) on an episode store; --resume continues a killed r
 OPTIONS = {
     "epochs": "epochs",
     "steps": "max_steps",
+    "time_budget_s": "time_budget_s",
     "batch_size": "batch_size",
     "lr": "learning_rate",
     "z_size": "z_size",
@@ -34,6 +35,13 @@ def add_arguments(p) -> None:
     length = p.add_mutually_exclusive_group()
     length.add_argument("--epochs", type=positive_int, help=f"epochs (default {d.epochs})")
     length.add_argument("--steps", type=positive_int, help="optimizer steps (instead of epochs)")
+    p.add_argument(
+        "--time-budget",
+        dest="time_budget_s",
+        type=minutes,
+        metavar="MINUTES",
+        help="also stop after this many minutes of training (counted over resumed runs)",
+    )
     p.add_argument("--batch-size", type=positive_int, help=f"default {d.batch_size}")
     p.add_argument("--lr", type=float, help=f"Adam learning rate (default {d.learning_rate})")
     p.add_argument("--z-size", type=positive_int, help=f"latent size (default {d.z_size})")

@@ -226,9 +226,16 @@ class _Run:
             self.writer.add_scalar(f"val/{name}", value, step)
         return losses.get("nll")
 
+    def seconds(self) -> float:
+        """Wall time over every run that trained this M (a resumed stage reports it all)."""
+        return self.earlier_seconds + time.perf_counter() - self.started
+
+    def out_of_time(self) -> bool:
+        budget = self.config.time_budget_s
+        return budget is not None and self.seconds() >= budget
+
     def checkpoint(self, step: int) -> None:
-        # wall time over every run that trained this M, so a resumed stage reports it all
-        self.history["seconds"] = self.earlier_seconds + time.perf_counter() - self.started
+        self.history["seconds"] = self.seconds()
         info = self.sampler.info
         self.checkpoints.save(
             {
@@ -298,8 +305,7 @@ def train_mdrnn(
     try:
         if start == 0 and sampler.val is not None:
             history["val_nll_start"] = run.validate(0)
-        train_nll, seconds = _loop(run, start, progress)
-        total = max(start, config.steps)
+        train_nll, seconds, total = _loop(run, start, progress)
         history["val_nll"] = run.validate(total)
         run.checkpoint(total)
     finally:
@@ -307,7 +313,7 @@ def train_mdrnn(
     total_seconds = float(history["seconds"])
     model_path = save_mdrnn(out / MODEL_FILE, model, config)
     pictures = [] if vae is None else _pictures(model, vae, obs, sampler, out)
-    steps_new = max(config.steps - start, 0)
+    steps_new = total - start
     return TrainSummary(
         steps=total,
         steps_new=steps_new,
@@ -323,15 +329,19 @@ def train_mdrnn(
     )
 
 
-def _loop(run: _Run, start: int, progress: bool) -> tuple[float | None, float]:
-    """Steps ``start .. steps - 1``; returns (last logged train NLL, seconds spent training)."""
+def _loop(run: _Run, start: int, progress: bool) -> tuple[float | None, float, int]:
+    """Steps ``start .. steps - 1``, or until the time budget is spent; returns (last logged
+    train NLL, seconds spent training, steps done in all)."""
     config = run.config
     seq_steps = config.batch_size * config.seq_len
     bar = tqdm(total=config.steps, initial=start, desc="train M", unit="step", disable=not progress)
-    seconds, nll = 0.0, None
+    seconds, nll, done = 0.0, None, max(start, config.steps)
     run.model.train()
     try:
         for step in range(start, config.steps):
+            if run.out_of_time():
+                done = step
+                break
             tick = time.perf_counter()
             for group in run.optimizer.param_groups:
                 group["lr"] = learning_rate_at(config, step)
@@ -340,7 +350,8 @@ def _loop(run: _Run, start: int, progress: bool) -> tuple[float | None, float]:
                 run.model, run.optimizer, batch, config, step, run.checkpoints
             )
             done = step + 1
-            if done % config.log_every == 0 or done == config.steps:
+            last = done == config.steps or run.out_of_time()
+            if done % config.log_every == 0 or last:
                 nll = terms["nll"].item()  # waits for the device: time it with the step
                 seconds += time.perf_counter() - tick
                 rate = (done - start) * seq_steps / seconds
@@ -349,13 +360,15 @@ def _loop(run: _Run, start: int, progress: bool) -> tuple[float | None, float]:
             else:
                 seconds += time.perf_counter() - tick
             bar.update(1)
-            if done % config.val_every == 0 and done != config.steps:
+            if last:
+                break  # validated and checkpointed by the caller
+            if done % config.val_every == 0:
                 run.history["val_nll"] = run.validate(done)
-            if done % config.checkpoint_every == 0 and done != config.steps:
+            if done % config.checkpoint_every == 0:
                 run.checkpoint(done)
     finally:
         bar.close()
-    return nll, seconds
+    return nll, seconds, done
 
 
 # ------------------------------------------------------------ checkpoints

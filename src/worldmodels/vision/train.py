@@ -48,7 +48,8 @@ CONFIG_FILE = "config.json"
 TB_DIR = "tb"
 VAL_BATCH = 500
 # Settings a resumed run may change; any other difference from the checkpoint is refused.
-CHANGEABLE_ON_RESUME = {"epochs", "max_steps", "checkpoint_every", "log_every", "val_every"}
+CHANGEABLE_ON_RESUME = {"epochs", "max_steps", "time_budget_s", "checkpoint_every", "log_every"}
+CHANGEABLE_ON_RESUME |= {"val_every"}
 CHANGEABLE_ON_RESUME |= {"device", "channels_last"}
 
 
@@ -175,6 +176,10 @@ def refuse_overwrite(out: Path, resume: bool) -> None:
 
 def total_steps(config: VAEConfig, stream: FrameStream) -> int:
     return config.max_steps or config.epochs * stream.batches_per_epoch
+
+
+def out_of_time(config: VAEConfig, seconds: float) -> bool:
+    return config.time_budget_s is not None and seconds >= config.time_budget_s
 
 
 def store_fingerprint(store: EpisodeStore) -> dict[str, Any]:
@@ -371,8 +376,12 @@ def train_vae(
     batches = stream.batches(position.epoch, position.batch)
     meter, seen, train_loss = Meter(), 0, None
     t_start = time.perf_counter()
+
+    def trained_seconds() -> float:
+        return earlier_seconds + time.perf_counter() - t_start
+
     try:
-        while position.step < total:
+        while position.step < total and not out_of_time(config, trained_seconds()):
             batch = next(batches)
             terms = train_step(
                 model, optimizer, batch.frames, config, position.step + 1, checkpoints
@@ -383,14 +392,15 @@ def train_vae(
             meter.add(terms, len(batch.frames))
             seen += len(batch.frames)
 
-            if step % config.log_every == 0 or step == total:
+            last = step == total or out_of_time(config, trained_seconds())
+            if step % config.log_every == 0 or last:
                 train_loss = log_train(writer, bar, *meter.report(), step)
-            if step % config.val_every == 0 or step == total:
+            if step % config.val_every == 0 or last:
                 val_loss = log_validation(
                     writer, model, store, val_steps, grid_steps, config, device, step
                 )
-            if step % config.checkpoint_every == 0 or step == total:
-                position.seconds = earlier_seconds + time.perf_counter() - t_start
+            if step % config.checkpoint_every == 0 or last:
+                position.seconds = trained_seconds()
                 state = checkpoint_state(model, optimizer, position, config, store, val_loss)
                 checkpoints.save(state)
     finally:
