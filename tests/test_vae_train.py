@@ -201,15 +201,15 @@ def test_time_budget_stops_saves_and_counts_resumed_runs(small_store, tmp_path, 
         real_check(loss, step, checkpoints)
 
     monkeypatch.setattr(train_module, "check_finite", slow_step)
-    config = VAEConfig(max_steps=1000, batch_size=16, time_budget_s=0.3, checkpoint_every=500)
+    config = VAEConfig(max_steps=1000, batch_size=16, time_budget_s=2.0, checkpoint_every=500)
     first = train_vae(small_store, tmp_path / "run", config, progress=False)
-    assert 1 <= first.steps < 100
-    assert first.total_seconds >= 0.3
+    assert 1 <= first.steps < 200
+    assert first.total_seconds >= 2.0
     # the model and a checkpoint at the step reached, so the stage counts as done
     assert (tmp_path / "run" / "vae.pt").exists()
     again = train_vae(small_store, tmp_path / "run", config, resume=True, progress=False)
     assert again.new_steps == 0  # the budget counts the earlier run's time
-    more = dataclasses.replace(config, time_budget_s=first.total_seconds + 0.3)
+    more = dataclasses.replace(config, time_budget_s=again.total_seconds + 1.0)
     longer = train_vae(small_store, tmp_path / "run", more, resume=True, progress=False)
     assert longer.new_steps >= 1 and longer.steps == first.steps + longer.new_steps
     with pytest.raises(SystemExit) as refused:

@@ -70,6 +70,17 @@ def minutes(text: str) -> float:
     return value * 60
 
 
+def add_time_budget_argument(p: argparse.ArgumentParser) -> None:
+    """``--time-budget MINUTES`` of training (V, M), stored as ``time_budget_s``."""
+    p.add_argument(
+        "--time-budget",
+        dest="time_budget_s",
+        type=minutes,
+        metavar="MINUTES",
+        help="also stop after this many minutes of training (counted over resumed runs)",
+    )
+
+
 def add_ray_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--ray",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from worldmodels.cli import minutes, positive_int
+from worldmodels.cli import add_time_budget_argument, positive_int
 from worldmodels.config import MDNRNNConfig
 
 NAME = "train-mdrnn"
@@ -14,13 +14,7 @@ def add_arguments(p) -> None:
     p.add_argument("--series", required=True, help="series store (made by worldmodels encode)")
     p.add_argument("--out", required=True, help="run folder (checkpoints, mdrnn.pt, tb/)")
     p.add_argument("--steps", type=positive_int, default=d.steps, help="optimizer steps")
-    p.add_argument(
-        "--time-budget",
-        dest="time_budget_s",
-        type=minutes,
-        metavar="MINUTES",
-        help="also stop after this many minutes of training (counted over resumed runs)",
-    )
+    add_time_budget_argument(p)
     p.add_argument("--seq-len", type=positive_int, default=d.seq_len, help="steps per window")
     p.add_argument("--batch-size", type=positive_int, default=d.batch_size, help="windows/batch")
     p.add_argument("--lr", type=float, default=d.learning_rate, help="Adam learning rate")

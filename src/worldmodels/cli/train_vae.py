@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from worldmodels.cli import minutes, positive_int
+from worldmodels.cli import add_time_budget_argument, positive_int
 from worldmodels.config import VAEConfig
 
 NAME = "train-vae"
@@ -35,13 +35,7 @@ def add_arguments(p) -> None:
     length = p.add_mutually_exclusive_group()
     length.add_argument("--epochs", type=positive_int, help=f"epochs (default {d.epochs})")
     length.add_argument("--steps", type=positive_int, help="optimizer steps (instead of epochs)")
-    p.add_argument(
-        "--time-budget",
-        dest="time_budget_s",
-        type=minutes,
-        metavar="MINUTES",
-        help="also stop after this many minutes of training (counted over resumed runs)",
-    )
+    add_time_budget_argument(p)
     p.add_argument("--batch-size", type=positive_int, help=f"default {d.batch_size}")
     p.add_argument("--lr", type=float, help=f"Adam learning rate (default {d.learning_rate})")
     p.add_argument("--z-size", type=positive_int, help=f"latent size (default {d.z_size})")
