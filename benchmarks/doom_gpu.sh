@@ -7,8 +7,9 @@
 #   benchmarks/doom_gpu.sh RUN_DIR [PRESET] [COLLECT_S V_S M_S C_S]
 #
 # defaults: preset doom; 100 s of collection (as many episodes as fit), V 90 s, M 120 s (at
-# most the original's 24,000 steps), CMA-ES in the dream 100 s. Every stage resumes: run it
-# again with larger budgets to continue the same run.
+# most the original's 24,000 steps), CMA-ES in the dream 100 s. A run stopped part-way
+# resumes with the same command; a stage that has finished keeps its budget (the pipeline
+# refuses to change a finished stage's settings).
 set -uo pipefail
 run=${1:?usage: benchmarks/doom_gpu.sh RUN_DIR [PRESET] [COLLECT_S V_S M_S C_S]}
 preset=${2:-doom}
