@@ -32,6 +32,7 @@ from worldmodels.utils.training import (
     LATEST,
     Checkpointer,
     NonFiniteLossError,
+    budget_spent,
     check_finite,
     load_checkpoint,
     rng_state,
@@ -231,8 +232,7 @@ class _Run:
         return self.earlier_seconds + time.perf_counter() - self.started
 
     def out_of_time(self) -> bool:
-        budget = self.config.time_budget_s
-        return budget is not None and self.seconds() >= budget
+        return budget_spent(self.config.time_budget_s, self.seconds())
 
     def checkpoint(self, step: int) -> None:
         self.history["seconds"] = self.seconds()

@@ -111,3 +111,8 @@ def summary_writer(log_dir: str | Path, purge_step: int | None = None):
     from torch.utils.tensorboard import SummaryWriter
 
     return SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
+
+
+def budget_spent(budget_s: float | None, seconds: float) -> bool:
+    """Whether a training time budget (None: no budget) is used up after ``seconds``."""
+    return budget_s is not None and seconds >= budget_s

@@ -32,6 +32,7 @@ from worldmodels.utils.device import pick_device
 from worldmodels.utils.io import atomic_torch_save
 from worldmodels.utils.training import (
     Checkpointer,
+    budget_spent,
     check_finite,
     load_checkpoint,
     rng_state,
@@ -48,9 +49,16 @@ CONFIG_FILE = "config.json"
 TB_DIR = "tb"
 VAL_BATCH = 500
 # Settings a resumed run may change; any other difference from the checkpoint is refused.
-CHANGEABLE_ON_RESUME = {"epochs", "max_steps", "time_budget_s", "checkpoint_every", "log_every"}
-CHANGEABLE_ON_RESUME |= {"val_every"}
-CHANGEABLE_ON_RESUME |= {"device", "channels_last"}
+CHANGEABLE_ON_RESUME = {
+    "epochs",
+    "max_steps",
+    "time_budget_s",
+    "checkpoint_every",
+    "log_every",
+    "val_every",
+    "device",
+    "channels_last",
+}
 
 
 @dataclass
@@ -176,10 +184,6 @@ def refuse_overwrite(out: Path, resume: bool) -> None:
 
 def total_steps(config: VAEConfig, stream: FrameStream) -> int:
     return config.max_steps or config.epochs * stream.batches_per_epoch
-
-
-def out_of_time(config: VAEConfig, seconds: float) -> bool:
-    return config.time_budget_s is not None and seconds >= config.time_budget_s
 
 
 def store_fingerprint(store: EpisodeStore) -> dict[str, Any]:
@@ -381,7 +385,7 @@ def train_vae(
         return earlier_seconds + time.perf_counter() - t_start
 
     try:
-        while position.step < total and not out_of_time(config, trained_seconds()):
+        while position.step < total and not budget_spent(config.time_budget_s, trained_seconds()):
             batch = next(batches)
             terms = train_step(
                 model, optimizer, batch.frames, config, position.step + 1, checkpoints
@@ -392,7 +396,7 @@ def train_vae(
             meter.add(terms, len(batch.frames))
             seen += len(batch.frames)
 
-            last = step == total or out_of_time(config, trained_seconds())
+            last = step == total or budget_spent(config.time_budget_s, trained_seconds())
             if step % config.log_every == 0 or last:
                 train_loss = log_train(writer, bar, *meter.report(), step)
             if step % config.val_every == 0 or last:
