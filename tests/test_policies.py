@@ -1,10 +1,24 @@
 from __future__ import annotations
 
+import json
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pytest
 
+from worldmodels.agent import Agent
+from worldmodels.cli import main
+from worldmodels.config import CollectConfig
+from worldmodels.controller.evaluate import evaluate_agent
 from worldmodels.data.policies import ENV_POLICIES, POLICIES, make_policy
+from worldmodels.data.store import EpisodeStore, load_manifest
+from worldmodels.envs import envpool_available
 from worldmodels.envs.carracing import ACTION_HIGH, ACTION_LOW
+from worldmodels.execution import collect
+
+FAST_BACKEND = "envpool" if envpool_available() else "gymnasium"
+RANDOM_POLICIES = [name for name in POLICIES if name != "agent"]  # "agent" needs a trained run
 
 
 def run_policy(name: str, seed: int, steps: int = 50, slots: int = 3):
@@ -17,7 +31,7 @@ def run_policy(name: str, seed: int, steps: int = 50, slots: int = 3):
     return np.stack([policy.act(frames[t], active) for t in range(steps)])
 
 
-@pytest.mark.parametrize("name", ENV_POLICIES["carracing"])
+@pytest.mark.parametrize("name", [p for p in ENV_POLICIES["carracing"] if p in RANDOM_POLICIES])
 def test_actions_stay_in_the_action_box_and_are_reproducible(name):
     a = run_policy(name, seed=1)
     assert a.shape == (50, 3, 3) and a.dtype == np.float32
@@ -26,7 +40,7 @@ def test_actions_stay_in_the_action_box_and_are_reproducible(name):
     assert not np.array_equal(a, run_policy(name, seed=2))
 
 
-@pytest.mark.parametrize("name", list(POLICIES))
+@pytest.mark.parametrize("name", RANDOM_POLICIES)
 def test_inactive_slots_get_zero_actions(name):
     policy = make_policy(name, 2)
     policy.start(0, np.random.default_rng(0))
@@ -52,3 +66,76 @@ def test_random_weights_is_the_papers_near_constant_driver():
 def test_unknown_policy_is_refused():
     with pytest.raises(ValueError, match="unknown policy 'zigzag'"):
         make_policy("zigzag", 1)
+
+
+# --- policy "agent": a trained run drives, with smooth noise (the paper's iterative procedure)
+
+
+def deterministic_copy(run: Path, dest: Path) -> Path:
+    """A copy of a run whose C sees mu (no sampled z), so its episodes depend only on the seed."""
+    shutil.copytree(run, dest)
+    info_path = dest / "controller" / "controller.json"
+    info = json.loads(info_path.read_text())
+    info_path.write_text(json.dumps({**info, "z_mode": "mean"}))
+    return dest
+
+
+def collect_agent(run: Path, out: Path, noise: float, episodes: int = 2) -> EpisodeStore:
+    config = CollectConfig(
+        backend=FAST_BACKEND,
+        episodes=episodes,
+        max_steps=50,
+        num_envs=2,
+        seed=5,
+        policy="agent",
+        agent=str(run),
+        agent_noise=noise,
+    )
+    collect(config, str(out), progress=False)
+    return EpisodeStore(out)
+
+
+def test_agent_without_noise_plays_exactly_as_evaluate_scores_it(smoke_run, tmp_path):
+    run = deterministic_copy(smoke_run, tmp_path / "run")
+    store = collect_agent(run, tmp_path / "store", noise=0.0)
+    scored = evaluate_agent(
+        Agent.load(run, device="cpu"),
+        episodes=2,
+        seed=5,
+        num_envs=2,
+        backend=FAST_BACKEND,
+        max_steps=50,
+        progress=False,
+    )
+    np.testing.assert_allclose([ep.meta["return"] for ep in store], scored.returns, atol=1e-3)
+    assert [ep.meta["seed"] for ep in store] == scored.seeds
+
+
+def test_agent_noise_moves_the_actions_reproducibly_inside_the_box(smoke_run, tmp_path):
+    run = deterministic_copy(smoke_run, tmp_path / "run")
+    clean = collect_agent(run, tmp_path / "clean", noise=0.0)
+    noisy = collect_agent(run, tmp_path / "noisy", noise=1.0)
+    again = collect_agent(run, tmp_path / "again", noise=1.0)
+    for c, n, a in zip(clean, noisy, again, strict=True):
+        np.testing.assert_array_equal(n["actions"], a["actions"])
+        assert (n["actions"] >= ACTION_LOW).all() and (n["actions"] <= ACTION_HIGH).all()
+        assert np.abs(n["actions"] - c["actions"]).mean() > 0.05
+    identity = load_manifest(tmp_path / "noisy")["identity"]
+    assert identity["agent"] == str(run.resolve()) and identity["agent_noise"] == 1.0
+
+
+def test_cli_agent_policy_needs_a_trained_run(tmp_path, smoke_run, capsys):
+    base = ["collect", "--out", str(tmp_path / "s"), "--backend", FAST_BACKEND, "--policy", "agent"]
+    assert main(base) == 2
+    assert "needs agent=RUN_DIR" in capsys.readouterr().err
+    empty = tmp_path / "not-a-run"
+    empty.mkdir()
+    assert main([*base, "--agent", str(empty)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "not-a-run: no trained controller found" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "s").exists()
+    # a store collected by one agent refuses another noise scale
+    args = [*base, "--agent", str(smoke_run), "--episodes", "1", "--max-steps", "10"]
+    assert main([*args, "--agent-noise", "0.2", "--no-progress"]) == 0
+    assert main([*args, "--agent-noise", "0.3", "--no-progress"]) == 2
+    assert "different settings" in capsys.readouterr().err

@@ -26,8 +26,13 @@ class CollectConfig:
     backend: str = "auto"  # auto | gymnasium | envpool
     episodes: int = 100
     max_steps: int = 1000
-    # brownian | random_weights (CarRacing); doom_random | doom_long_holds (Doom)
+    # brownian | random_weights | agent (CarRacing); doom_random | doom_long_holds (Doom)
     policy: str = "brownian"
+    # policy "agent": the run folder whose V, M and C (best.npy) drive, and the largest
+    # per-episode scale of the exploration noise added to C's actions (the paper's iterative
+    # procedure: the next round's data from the evolved controller)
+    agent: str = ""
+    agent_noise: float = 0.5
     num_envs: int = 8  # environments stepped as one batch
     workers: int | None = None  # gymnasium subprocesses (default: one per core)
     # episode i plays seed + i: from 2,000,000 up, so V and M never see the tracks that score
@@ -72,6 +77,14 @@ class CollectConfig:
                 )
         elif self.policy.startswith("doom"):
             raise ValueError(f"policy {self.policy!r} is for env 'doom', not {self.env!r}")
+        if self.policy == "agent" and not self.agent:
+            raise ValueError("policy 'agent' needs agent=RUN_DIR, a run with a trained controller")
+        if self.agent and self.policy != "agent":
+            raise ValueError(
+                f"agent={self.agent!r} is only used by policy 'agent', not {self.policy!r}"
+            )
+        if not 0.0 <= self.agent_noise <= 2.0:
+            raise ValueError(f"agent_noise must be in [0, 2], got {self.agent_noise}")
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:

@@ -21,7 +21,7 @@ from worldmodels.data.collect import (
     open_store_for,
     pool_seed,
 )
-from worldmodels.data.policies import make_policy
+from worldmodels.data.policies import policy_for
 from worldmodels.envs import env_id_for, resolve_backend
 
 
@@ -33,7 +33,7 @@ def collect(config: CollectConfig, out: str, progress: bool = True, cluster=None
     """
     config.validate()
     env_id_for(config.env)
-    make_policy(config.policy, 1)  # unknown names fail before anything is written
+    policy_for(config, 1)  # an unknown name or agent fails before anything is written
     backend = resolve_backend(config.backend, env=config.env)
     writer = open_store_for(config, out, backend)
     done = writer.existing_indices()

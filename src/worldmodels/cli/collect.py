@@ -32,6 +32,19 @@ def add_arguments(p) -> None:
         default=None,
         help=f"exploration: {', '.join(POLICIES)} (default {d.policy}; doom: doom_random)",
     )
+    p.add_argument(
+        "--agent",
+        default=None,
+        help="policy agent: the run folder whose trained V, M and C drive (the paper's "
+        "iterative procedure)",
+    )
+    p.add_argument(
+        "--agent-noise",
+        type=float,
+        default=None,
+        help=f"policy agent: the largest per-episode scale of the smooth noise added to C's "
+        f"actions (default {d.agent_noise})",
+    )
     p.add_argument("--num-envs", type=positive_int, default=d.num_envs, help="envs in one batch")
     p.add_argument(
         "--workers",
@@ -60,6 +73,8 @@ def run(args) -> int:
         episodes=args.episodes,
         max_steps=args.max_steps,
         policy=args.policy,
+        agent=args.agent,
+        agent_noise=args.agent_noise,
         num_envs=args.num_envs,
         workers=args.workers,
         seed=args.seed,

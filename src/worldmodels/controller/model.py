@@ -80,6 +80,14 @@ class ControllerSpec:
         return asdict(self)
 
 
+def action_box(spec: ControllerSpec) -> tuple[np.ndarray, np.ndarray]:
+    """The lowest and highest action C can give: CarRacing's (steer, gas, brake) box, or
+    [-1, 1] for Doom's single tanh output (float32)."""
+    if spec.mode in DOOM_MODES:
+        return np.array([-1.0], np.float32), np.array([1.0], np.float32)
+    return np.array([-1.0, 0.0, 0.0], np.float32), np.array([1.0, 1.0, 1.0], np.float32)
+
+
 def squash_actions(raw: Tensor) -> Tensor:
     """steer = tanh, gas = (tanh + 1) / 2, brake = clip(tanh, 0, 1), as in the paper."""
     t = torch.tanh(raw)

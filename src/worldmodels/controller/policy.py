@@ -12,7 +12,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from worldmodels.controller.model import ControllerSpec, controller_actions
+from worldmodels.controller.model import ControllerSpec, action_box, controller_actions
 from worldmodels.envs.preprocess import preprocess_frames
 from worldmodels.memory.mdrnn import MDNRNN
 from worldmodels.vision.vae import ConvVAE, frames_to_input
@@ -93,11 +93,13 @@ class WorldModelPolicy:
         slots: np.ndarray,
         params: torch.Tensor,
         taken: np.ndarray | None = None,
+        offset: np.ndarray | None = None,
     ):
         """Actions (n, A) float32 for raw frames (n, H, W, 3) in ``slots``, and their z.
 
         ``taken`` (n, A): actions chosen by someone else (a person on the play page); they are
         returned and M's state follows them instead of C's, so C can take over at any step.
+        ``offset`` (n, A): exploration noise added to C's actions, clipped to the action box.
         """
         slots = np.asarray(slots)
         x = frames_to_input(self.preprocess(raw_frames), self.device, channels_last=True)
@@ -114,6 +116,10 @@ class WorldModelPolicy:
         elif self.spec.uses_memory:
             inputs = torch.cat([z, self.h[0, slots]], dim=1)
         actions = controller_actions(params, inputs, self.spec)
+        if offset is not None:
+            low, high = (torch.as_tensor(b, device=actions.device) for b in action_box(self.spec))
+            offset = torch.as_tensor(offset, dtype=actions.dtype, device=actions.device)
+            actions = torch.clamp(actions + offset, low, high)
         if taken is not None:
             actions = torch.as_tensor(taken, dtype=actions.dtype, device=actions.device)
             actions = actions.reshape(len(slots), self.spec.action_size)

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from worldmodels.config import CollectConfig, to_dict
-from worldmodels.data.policies import make_policy
+from worldmodels.data.policies import policy_for
 from worldmodels.data.store import ACTION_ENCODINGS, StoreWriter
 from worldmodels.envs import env_id_for, make_vec_env
 from worldmodels.utils.device import torch_threads
@@ -81,6 +82,11 @@ def store_identity(config: CollectConfig, backend: str) -> dict:
         "frame_shape": [64, 64, 3],
         **({"min_length": config.min_length} if config.min_length else {}),
         **(
+            {"agent": str(Path(config.agent).resolve()), "agent_noise": config.agent_noise}
+            if config.policy == "agent"
+            else {}
+        ),
+        **(
             {"action_encoding": ACTION_ENCODINGS[config.env]}
             if config.env in ACTION_ENCODINGS
             else {}
@@ -124,7 +130,7 @@ def _run(config, writer, backend, todo, env_seed, progress) -> int:
         workers=config.workers,
         quiet=True,
     )
-    policy = make_policy(config.policy, num_envs)
+    policy = policy_for(config, num_envs)
     queue = [(index, 0) for index in todo]
     slots: list[_Slot | None] = [None] * num_envs
     seeds: list[int | None] = [None] * num_envs

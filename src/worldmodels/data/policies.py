@@ -93,6 +93,57 @@ class RandomWeightsPolicy(ExplorationPolicy):
         return out
 
 
+class AgentPolicy(ExplorationPolicy):
+    """A trained agent (a run folder's V, M and C) plus smooth exploration noise: the paper's
+    iterative procedure, where the next round's data is collected by the evolved controller.
+
+    Random policies barely drive (brownian: ~11 of a track's ~280 tiles per episode), so V
+    never sees the fast corners a good controller meets; the agent's own episodes do. Per
+    episode a noise scale s ~ U(0, ``noise``) is drawn, so the data span clean laps to near
+    random driving around the agent's line; the noise is a brownian walk in [-1, 1] (as the
+    brownian policy's), times s, added to C's actions and clipped to the action box. M's
+    state follows the actions taken.
+    """
+
+    name = "agent"
+
+    def __init__(self, num_slots: int, agent: str = "", noise: float = 0.5, device: str = "cpu"):
+        from worldmodels.agent import Agent
+
+        super().__init__(num_slots)
+        if not agent:
+            raise ValueError("policy 'agent' needs the run folder of a trained agent (agent=RUN)")
+        self.agent = Agent.load(agent, device=device)
+        if self.agent.env != "carracing":
+            raise ValueError(f"{agent}: policy 'agent' collects CarRacing, not {self.agent.env!r}")
+        self.agent.reset(num_slots)
+        self.agent.policy.preprocess = lambda frames: frames  # collection preprocesses already
+        self.noise = noise
+        self.step_std = np.sqrt(1 / 50)  # the brownian policy's walk
+        self.scale = np.zeros(num_slots, np.float32)
+        self.walk = np.zeros((num_slots, 3), np.float32)
+
+    def start(self, slot, rng):
+        super().start(slot, rng)
+        self.scale[slot] = rng.uniform(0.0, self.noise)
+        self.walk[slot] = rng.uniform(-1.0, 1.0, 3)
+        self.agent.policy.start(np.array([slot]), [int(rng.integers(2**31))])
+
+    def act(self, frames, active):
+        out = np.zeros((self.num_slots, 3), np.float32)
+        ids = np.flatnonzero(active)
+        if ids.size == 0:
+            return out
+        for slot in ids:
+            step = self.rngs[slot].standard_normal(3) * self.step_std
+            self.walk[slot] = np.clip(self.walk[slot] + step, -1.0, 1.0)
+        offset = self.scale[ids, None] * self.walk[ids]
+        params = self.agent._params_t.expand(len(ids), -1)
+        actions, _ = self.agent.policy.act(frames[ids], ids, params, offset=offset)
+        out[ids] = actions
+        return out
+
+
 class DoomRandomPolicy(ExplorationPolicy):
     """The paper's Doom TakeCover collection: a uniform random action in [-1, 1], held for a
     uniform random 1-10 frames, then a new one. Actions are (N, 1), C's single output, which
@@ -149,16 +200,33 @@ class DoomLongHoldsPolicy(DoomRandomPolicy):
 
 
 POLICIES = {
-    p.name: p for p in (BrownianPolicy, RandomWeightsPolicy, DoomRandomPolicy, DoomLongHoldsPolicy)
+    p.name: p
+    for p in (
+        BrownianPolicy,
+        RandomWeightsPolicy,
+        AgentPolicy,
+        DoomRandomPolicy,
+        DoomLongHoldsPolicy,
+    )
 }
 ENV_POLICIES = {
-    "carracing": ("brownian", "random_weights"),
+    "carracing": ("brownian", "random_weights", "agent"),
     "doom": ("doom_random", "doom_long_holds"),
 }
 
 
-def make_policy(name: str, num_slots: int) -> ExplorationPolicy:
-    try:
-        return POLICIES[name](num_slots)
-    except KeyError:
-        raise ValueError(f"unknown policy {name!r}; choose one of {', '.join(POLICIES)}") from None
+def make_policy(
+    name: str, num_slots: int, agent: str = "", agent_noise: float = 0.5
+) -> ExplorationPolicy:
+    """The policy ``name`` for ``num_slots`` slots; ``agent`` and ``agent_noise`` are the
+    run folder and noise of policy ``agent`` (CollectConfig's fields of the same names)."""
+    if name not in POLICIES:
+        raise ValueError(f"unknown policy {name!r}; choose one of {', '.join(POLICIES)}")
+    if name == AgentPolicy.name:
+        return AgentPolicy(num_slots, agent, agent_noise)
+    return POLICIES[name](num_slots)
+
+
+def policy_for(config, num_slots: int) -> ExplorationPolicy:
+    """The exploration policy a ``CollectConfig`` names, for ``num_slots`` slots."""
+    return make_policy(config.policy, num_slots, config.agent, config.agent_noise)
