@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from worldmodels.cli import main
-from worldmodels.config import MDNRNNConfig
+from worldmodels.config import PRESETS, MDNRNNConfig, preset
 from worldmodels.data.store import EpisodeStore, StoreError, StoreWriter
 from worldmodels.memory import train as train_module
 from worldmodels.memory.data import WindowSampler, open_series
@@ -174,6 +174,19 @@ def test_short_episodes_are_an_error_or_padded(tmp_path):
     config = tiny(seq_len=10, steps=2, val_episodes=0, pad_short=True, done_head=True)
     summary = train_mdrnn(path, tmp_path / "run", config, progress=False)
     assert np.isfinite(summary.train_nll) and summary.val_nll is None
+
+
+@pytest.mark.parametrize("name", [n for n, c in PRESETS.items() if c.collect.env == "carracing"])
+def test_carracing_presets_train_m_on_episodes_that_end_early(tmp_path, name):
+    """CarRacing-v3 ends an episode at a finished lap or a car off the playfield: the agent
+    and random_weights policies give such episodes, and M must train on them."""
+    config = preset(name)
+    full = config.collect.max_steps
+    path = write_series(tmp_path / "s", [marked_episode(0, full), marked_episode(1, full // 2)])
+    sampler = WindowSampler(
+        open_series(path), config.mdrnn.seq_len, batch_size=8, pad_short=config.mdrnn.pad_short
+    )
+    assert sampler.batch(0).z.shape[1] == config.mdrnn.seq_len + 1
 
 
 def test_every_step_is_about_equally_likely_to_be_trained_on(tmp_path):

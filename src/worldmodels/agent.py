@@ -104,15 +104,22 @@ class Agent:
         self.policy.reset(batch_size)
         self.policy.start(np.arange(batch_size), seeds or [None] * batch_size)
 
-    def act(self, frames: np.ndarray) -> np.ndarray:
+    def act(
+        self,
+        frames: np.ndarray,
+        slots: np.ndarray | None = None,
+        offset: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Actions for ``frames``, one per episode of the batch (or per episode in ``slots``,
+        the ones still running); ``offset``: noise added to them, kept in the action box."""
         frames = np.asarray(frames)
-        if frames.ndim != 4 or frames.shape[0] != self.batch_size:
+        slots = np.arange(self.batch_size) if slots is None else np.asarray(slots)
+        if frames.ndim != 4 or frames.shape[0] != len(slots):
             h, w = (240, 320) if self.env == "doom" else (96, 96)
             raise ValueError(
-                f"expected frames ({self.batch_size}, {h}, {w}, 3) after "
+                f"expected frames ({len(slots)}, {h}, {w}, 3) after "
                 f"reset({self.batch_size}), got {frames.shape}"
             )
-        slots = np.arange(self.batch_size)
-        params = self._params_t.expand(self.batch_size, -1)
-        actions, self.last_z = self.policy.act(frames, slots, params)
+        params = self._params_t.expand(len(slots), -1)
+        actions, self.last_z = self.policy.act(frames, slots, params, offset=offset)
         return actions

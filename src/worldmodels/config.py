@@ -333,10 +333,13 @@ class PipelineConfig:
 
 
 # CarRacing on 2 cores: 120 episodes, V for 2,400 steps, M for 600 (shared by laptop and
-# carracing-dream; preset() deep-copies, so sharing the objects here is safe)
+# carracing-dream; preset() deep-copies, so sharing the objects here is safe). Every
+# CarRacing preset's M pads short episodes: CarRacing-v3 ends one at a finished lap or a car
+# off the playfield (the agent and random_weights policies), where the 2018 code's wrapper
+# always played 1,000 frames
 LAPTOP_COLLECT = CollectConfig(episodes=120, max_steps=1000, num_envs=16)
 LAPTOP_VAE = VAEConfig(max_steps=2400, learning_rate=3e-4, checkpoint_every=400)
-LAPTOP_MDRNN = MDNRNNConfig(seq_len=999, batch_size=16, steps=600)
+LAPTOP_MDRNN = MDNRNNConfig(seq_len=999, batch_size=16, steps=600, pad_short=True)
 # the best CarRacing recipe measured on 2 cores (laptop; laptop-long changes its scale). Deviations
 # from the 2018 code, each measured on the same V and M (benchmarks/controller_arms.py, README):
 # C fed mu, not a sample of z (22 of V's 32 dimensions are noise at this data size);
@@ -362,7 +365,9 @@ PRESETS: dict[str, PipelineConfig] = {
     "smoke": PipelineConfig(
         collect=CollectConfig(episodes=4, max_steps=60, num_envs=4),
         vae=VAEConfig(max_steps=20, batch_size=32, checkpoint_every=10, log_every=5),
-        mdrnn=MDNRNNConfig(seq_len=30, batch_size=4, steps=20, checkpoint_every=10, log_every=5),
+        mdrnn=MDNRNNConfig(
+            seq_len=30, batch_size=4, steps=20, checkpoint_every=10, log_every=5, pad_short=True
+        ),
         controller=ControllerConfig(
             popsize=4,
             rollouts=1,
@@ -430,7 +435,7 @@ PRESETS: dict[str, PipelineConfig] = {
     "paper": PipelineConfig(
         collect=CollectConfig(episodes=10_000, num_envs=64, policy="random_weights"),
         vae=VAEConfig(epochs=10),
-        mdrnn=MDNRNNConfig(steps=4000),
+        mdrnn=MDNRNNConfig(steps=4000, pad_short=True),
         controller=ControllerConfig(
             popsize=64,
             rollouts=16,

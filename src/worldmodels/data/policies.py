@@ -137,10 +137,7 @@ class AgentPolicy(ExplorationPolicy):
         for slot in ids:
             step = self.rngs[slot].standard_normal(3) * self.step_std
             self.walk[slot] = np.clip(self.walk[slot] + step, -1.0, 1.0)
-        offset = self.scale[ids, None] * self.walk[ids]
-        params = self.agent._params_t.expand(len(ids), -1)
-        actions, _ = self.agent.policy.act(frames[ids], ids, params, offset=offset)
-        out[ids] = actions
+        out[ids] = self.agent.act(frames[ids], ids, offset=self.scale[ids, None] * self.walk[ids])
         return out
 
 
