@@ -17,7 +17,14 @@ from worldmodels.pipeline import STAGES, run_pipeline
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_every_preset_is_valid_and_survives_its_config_file(name):
     config = PRESETS[name]
-    for part in (config.collect, config.vae, config.mdrnn, config.controller, config.evaluate):
+    for part in (
+        config.collect,
+        config.vae,
+        config.mdrnn,
+        config.controller,
+        config.evaluate,
+        config.iterate,
+    ):
         part.validate()
     if config.dream is not None:
         config.dream.validate()
@@ -316,3 +323,45 @@ def test_a_terminated_evaluation_leaves_no_worker_and_keeps_the_old_result(smoke
     code, err = stop_and_check_nothing_is_left(proc, signal.SIGTERM, workers=2)
     assert code == 128 + signal.SIGTERM and "stopped by SIGTERM" in err, err
     assert (smoke_run / "eval.json").read_bytes() == before
+
+
+def test_each_round_collects_with_the_agent_of_the_round_before(tmp_path, capsys):
+    """iterate.rounds=2: round 1 is a whole run up to C in RUN/round1 (V for fewer steps), and
+    RUN's data are round 1's C driving on tracks of their own (noise 0 and C fed mu here, so
+    they are exactly the episodes `evaluate` plays with round 1's agent on the same seeds)."""
+    from worldmodels.agent import Agent
+    from worldmodels.controller.evaluate import evaluate_agent
+    from worldmodels.data.store import EpisodeStore, load_manifest
+
+    out = tmp_path / "run"
+    sets = ["iterate.rounds=2", "iterate.vae_steps=10", "collect.agent_noise=0"]
+    sets += ["controller.z_mode=mean"]
+    args = ["pipeline", "--preset", "smoke", "--out", str(out), "--no-progress"]
+    args += [a for x in sets for a in ("--set", x)]
+    assert main(args) == 0
+    log = capsys.readouterr().out
+    assert "[round 1] [train-controller] starting" in log
+    round1 = out / "round1"
+    assert set(json.loads((round1 / "stages.json").read_text())) == set(STAGES[1:6])
+    assert json.loads((round1 / "config.json").read_text())["vae"]["max_steps"] == 10
+    assert json.loads((out / "config.json").read_text())["vae"]["max_steps"] == 20
+    first = load_manifest(round1 / "episodes")["identity"]
+    final = load_manifest(out / "episodes")["identity"]
+    assert first["policy"] == "brownian" and "agent" not in first
+    assert final["policy"] == "agent" and final["agent"] == str(round1.resolve())
+    assert final["seed"] == first["seed"] + 4  # 4 episodes a round: other tracks
+    store = EpisodeStore(out / "episodes")
+    played = evaluate_agent(
+        Agent.load(round1, device="cpu"),
+        episodes=len(store),
+        seed=final["seed"],
+        num_envs=2,
+        backend=final["backend"],
+        max_steps=final["max_steps"],
+        progress=False,
+    )
+    np.testing.assert_allclose([ep.meta["return"] for ep in store], played.returns, atol=1e-3)
+    stages = json.loads((out / "stages.json").read_text())
+    assert set(stages) == set(STAGES) and "round 1 (round1/)" in stages["earlier-rounds"]["summary"]
+    assert main(args) == 0  # run again: nothing left to do
+    assert capsys.readouterr().out.count("done already") == len(STAGES)

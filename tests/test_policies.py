@@ -80,9 +80,13 @@ def deterministic_copy(run: Path, dest: Path) -> Path:
     return dest
 
 
-def collect_agent(run: Path, out: Path, noise: float, episodes: int = 2) -> EpisodeStore:
-    config = CollectConfig(
-        backend=FAST_BACKEND,
+def collect_agent(
+    run: Path, out: Path, noise: float, episodes: int = 2, env: str = "carracing"
+) -> EpisodeStore:
+    backend = FAST_BACKEND if env == "carracing" else "gymnasium"
+    config = CollectConfig.for_env(
+        env,
+        backend=backend,
         episodes=episodes,
         max_steps=50,
         num_envs=2,
@@ -90,25 +94,47 @@ def collect_agent(run: Path, out: Path, noise: float, episodes: int = 2) -> Epis
         policy="agent",
         agent=str(run),
         agent_noise=noise,
+        min_length=0,
     )
     collect(config, str(out), progress=False)
     return EpisodeStore(out)
 
 
-def test_agent_without_noise_plays_exactly_as_evaluate_scores_it(smoke_run, tmp_path):
-    run = deterministic_copy(smoke_run, tmp_path / "run")
-    store = collect_agent(run, tmp_path / "store", noise=0.0)
+def assert_plays_as_evaluate_scores(run: Path, store: EpisodeStore, env: str) -> None:
     scored = evaluate_agent(
         Agent.load(run, device="cpu"),
         episodes=2,
         seed=5,
         num_envs=2,
-        backend=FAST_BACKEND,
+        backend=FAST_BACKEND if env == "carracing" else "gymnasium",
         max_steps=50,
         progress=False,
     )
     np.testing.assert_allclose([ep.meta["return"] for ep in store], scored.returns, atol=1e-3)
     assert [ep.meta["seed"] for ep in store] == scored.seeds
+
+
+def test_agent_without_noise_plays_exactly_as_evaluate_scores_it(smoke_run, tmp_path):
+    run = deterministic_copy(smoke_run, tmp_path / "run")
+    store = collect_agent(run, tmp_path / "store", noise=0.0)
+    assert_plays_as_evaluate_scores(run, store, "carracing")
+
+
+def test_a_dream_trained_doom_agent_collects_doom_and_only_doom(doom_run, tmp_path, capsys):
+    pytest.importorskip("vizdoom")
+    run = deterministic_copy(doom_run, tmp_path / "run")
+    store = collect_agent(run, tmp_path / "store", noise=0.0, env="doom")
+    assert store[0]["actions"].shape == (50, 1)
+    assert_plays_as_evaluate_scores(run, store, "doom")
+    noisy = collect_agent(run, tmp_path / "noisy", noise=1.0, env="doom")
+    assert (np.abs(noisy[0]["actions"]) <= 1).all()
+    assert np.abs(noisy[0]["actions"] - store[0]["actions"]).mean() > 0.05
+    out = tmp_path / "wrong-game"
+    args = ["collect", "--out", str(out), "--policy", "agent", "--agent", str(doom_run)]
+    assert main([*args, "--backend", FAST_BACKEND]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "its agent plays 'doom', not 'carracing'" in err and len(err.splitlines()) == 1
+    assert not out.exists()
 
 
 def test_agent_noise_moves_the_actions_reproducibly_inside_the_box(smoke_run, tmp_path):

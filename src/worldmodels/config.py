@@ -59,7 +59,7 @@ class CollectConfig:
             raise ValueError(
                 f"min_length must be in 0..max_steps ({self.max_steps}), got {self.min_length}"
             )
-        from worldmodels.data.policies import POLICIES
+        from worldmodels.data.policies import ENV_POLICIES, POLICIES
 
         _check_choice("env", self.env, tuple(ENV_IDS))
         _check_choice("backend", self.backend, BACKENDS)
@@ -70,12 +70,12 @@ class CollectConfig:
             require_vizdoom()  # before anything is written
             if self.backend == "envpool":
                 raise ValueError("env 'doom' runs on ViZDoom's gymnasium wrapper, not on envpool")
-            if not self.policy.startswith("doom"):
+            if self.policy not in ENV_POLICIES["doom"]:
                 raise ValueError(
-                    f"policy {self.policy!r} drives CarRacing; Doom collects with 'doom_random' "
-                    "or 'doom_long_holds'"
+                    f"policy {self.policy!r} drives CarRacing; Doom collects with "
+                    f"{', '.join(ENV_POLICIES['doom'])}"
                 )
-        elif self.policy.startswith("doom"):
+        elif self.policy not in ENV_POLICIES[self.env]:
             raise ValueError(f"policy {self.policy!r} is for env 'doom', not {self.env!r}")
         if self.policy == "agent" and not self.agent:
             raise ValueError("policy 'agent' needs agent=RUN_DIR, a run with a trained controller")
@@ -316,8 +316,41 @@ class EvalConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
 
 
+@dataclass
+class IterateConfig:
+    """The paper's iterative procedure: collect with the evolved C, retrain V and M, evolve C
+    again. ``rounds - 1`` earlier rounds, each a whole run up to C in RUN/round1, RUN/round2,
+    ...; round 1 collects with ``collect.policy``, every later round (the last in RUN itself)
+    with the agent of the round before it (policy agent, noise ``collect.agent_noise``), on
+    tracks of its own (seeds from ``collect.seed + (round - 1) * collect.episodes``). An
+    earlier round may train V for fewer steps and C for less time than the last one. 1 round
+    is the plain method.
+    """
+
+    rounds: int = 1
+    vae_steps: int | None = None  # V's steps in an earlier round (None: the vae section's)
+    controller_budget_s: float | None = None  # an earlier round's CMA-ES time (None: the same)
+
+    def validate(self) -> None:
+        if self.rounds < 1:
+            raise ValueError(f"rounds must be positive, got {self.rounds}")
+        if self.vae_steps is not None and self.vae_steps < 1:
+            raise ValueError(f"vae_steps must be positive, got {self.vae_steps}")
+        if self.controller_budget_s is not None and not self.controller_budget_s > 0:
+            raise ValueError(f"controller_budget_s must be > 0, got {self.controller_budget_s}")
+
+
 # the pipeline's stages in order (here, below both pipeline.py and report.py, which read it)
-STAGES = ("collect", "train-vae", "encode", "train-mdrnn", "train-controller", "evaluate", "report")
+STAGES = (
+    "earlier-rounds",
+    "collect",
+    "train-vae",
+    "encode",
+    "train-mdrnn",
+    "train-controller",
+    "evaluate",
+    "report",
+)
 
 
 @dataclass
@@ -330,6 +363,7 @@ class PipelineConfig:
     controller: ControllerConfig = field(default_factory=ControllerConfig)
     evaluate: EvalConfig = field(default_factory=EvalConfig)
     dream: DreamConfig | None = None  # set: C is trained in M's dream, scored in the real env
+    iterate: IterateConfig = field(default_factory=IterateConfig)
 
 
 # CarRacing on 2 cores: 120 episodes, V for 2,400 steps, M for 600 (shared by laptop and

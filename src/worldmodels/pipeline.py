@@ -1,5 +1,9 @@
 """The whole method in one call: collect -> V -> encode -> M -> C -> evaluate -> report.
 
+With ``iterate.rounds`` > 1 (the paper's iterative procedure), earlier rounds, each a whole
+run up to C in ``RUN/round1``, ``RUN/round2``, ..., come first, and each round's data is
+collected by the agent of the round before it.
+
 With a ``dream`` section in the config (the ``doom`` presets), C is trained inside M's dream
 (:func:`worldmodels.dream.train.train_in_dream`) and evaluated in the real game.
 
@@ -11,6 +15,7 @@ second run on the same folder must use the same config.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +23,7 @@ from pathlib import Path
 
 from worldmodels.config import (
     STAGES,
+    IterateConfig,
     PipelineConfig,
     assignments,
     config_differences,
@@ -70,6 +76,7 @@ class RunPaths:
 
 # the stage each config section drives: a finished stage's settings are frozen on resume
 SECTION_STAGE = {
+    "iterate": "earlier-rounds",
     "collect": "collect",
     "vae": "train-vae",
     "mdrnn": "train-mdrnn",
@@ -132,19 +139,20 @@ def run_pipeline(
     progress: bool = True,
     log: Callable[[str], None] = print,
     cluster=None,
+    stages: tuple[str, ...] = STAGES,
 ) -> RunPaths:
-    """Run the unfinished stages; ``cluster`` (``RaySettings``) puts the stages that play
+    """Run the unfinished ``stages``; ``cluster`` (``RaySettings``) puts the stages that play
     episodes on Ray: collect, C's CMA-ES (in the game or in the dream) and evaluate."""
     paths = prepare_run(out, config, preset_name)
     stages_file = paths.root / "stages.json"
     done = finished_stages(paths)
-    for stage in STAGES:
+    for stage in stages:
         if stage in done:
             log(f"[{stage}] done already ({done[stage]['seconds']:.0f} s), skipped")
             continue
         log(f"[{stage}] starting")
         start = time.perf_counter()
-        result = _STAGE_FUNCTIONS[stage](config, paths, progress, cluster)
+        result = _STAGE_FUNCTIONS[stage](config, paths, progress, cluster, log)
         seconds = max(time.perf_counter() - start, result.seconds or 0.0)
         partial = result.resumed and result.seconds is None  # earlier runs' time not known
         done[stage] = {"seconds": seconds, "summary": result.line, "time_partial": partial}
@@ -164,13 +172,62 @@ class StageResult:
     resumed: bool = False
 
 
-def _collect(config: PipelineConfig, paths: RunPaths, progress: bool, cluster) -> StageResult:
+def round_config(config: PipelineConfig, k: int, root: Path) -> PipelineConfig:
+    """Round ``k`` (1-based) of an iterated run at ``root``: its collection (the agent of round
+    k - 1 after the first), and for an earlier round its V steps and CMA-ES time."""
+    it = config.iterate
+    collect = config.collect
+    if k > 1:
+        collect = dataclasses.replace(
+            collect,
+            policy="agent",
+            agent=str(root / f"round{k - 1}"),
+            seed=collect.seed + (k - 1) * collect.episodes,
+        )
+    if k == it.rounds:
+        return dataclasses.replace(config, collect=collect)
+    vae = config.vae
+    if it.vae_steps is not None:
+        vae = dataclasses.replace(vae, max_steps=it.vae_steps)
+    controller = config.controller
+    if it.controller_budget_s is not None:
+        controller = dataclasses.replace(controller, time_budget_s=it.controller_budget_s)
+    return dataclasses.replace(
+        config, collect=collect, vae=vae, controller=controller, iterate=IterateConfig()
+    )
+
+
+def _earlier_rounds(config: PipelineConfig, paths: RunPaths, progress, cluster, log) -> StageResult:
+    rounds = config.iterate.rounds
+    if rounds == 1:
+        return StageResult("one round: none before this one")
+    lines = []
+    for k in range(1, rounds):
+        folder = paths.root / f"round{k}"
+        run_pipeline(
+            round_config(config, k, paths.root),
+            folder,
+            preset_name=f"round {k} of {rounds}",
+            progress=progress,
+            log=lambda line, k=k: log(f"[round {k}] {line}"),
+            cluster=cluster,
+            stages=STAGES[1 : STAGES.index("train-controller") + 1],
+        )
+        trained = finished_stages(RunPaths(folder))["train-controller"]["summary"]
+        lines.append(f"round {k} ({folder.name}/): {trained}")
+    return StageResult("; ".join(lines))
+
+
+def _collect(config: PipelineConfig, paths: RunPaths, progress: bool, cluster, log) -> StageResult:
     from worldmodels.execution import collect
 
-    return StageResult(collect(config.collect, str(paths.episodes), progress, cluster).line())
+    settings = round_config(config, config.iterate.rounds, paths.root).collect
+    return StageResult(collect(settings, str(paths.episodes), progress, cluster).line())
 
 
-def _train_vae(config: PipelineConfig, paths: RunPaths, progress: bool, cluster) -> StageResult:
+def _train_vae(
+    config: PipelineConfig, paths: RunPaths, progress: bool, cluster, log
+) -> StageResult:
     from worldmodels.vision.train import train_vae
 
     resume = (paths.vae_dir / "latest.pt").exists()
@@ -178,14 +235,16 @@ def _train_vae(config: PipelineConfig, paths: RunPaths, progress: bool, cluster)
     return StageResult(summary.line(), summary.total_seconds, resume)
 
 
-def _encode(config: PipelineConfig, paths: RunPaths, progress: bool, cluster) -> StageResult:
+def _encode(config: PipelineConfig, paths: RunPaths, progress: bool, cluster, log) -> StageResult:
     from worldmodels.vision.encode import encode_store
 
     summary = encode_store(paths.episodes, paths.vae, paths.series, progress=progress)
     return StageResult(summary.line())
 
 
-def _train_mdrnn(config: PipelineConfig, paths: RunPaths, progress: bool, cluster) -> StageResult:
+def _train_mdrnn(
+    config: PipelineConfig, paths: RunPaths, progress: bool, cluster, log
+) -> StageResult:
     from worldmodels.memory.train import train_mdrnn
 
     resume = (paths.mdrnn_dir / "latest.pt").exists()
@@ -202,7 +261,7 @@ def _train_mdrnn(config: PipelineConfig, paths: RunPaths, progress: bool, cluste
 
 
 def _train_controller(
-    config: PipelineConfig, paths: RunPaths, progress: bool, cluster
+    config: PipelineConfig, paths: RunPaths, progress: bool, cluster, log
 ) -> StageResult:
     from worldmodels.controller.train import train_controller
     from worldmodels.evolution.cmaes import STATE
@@ -245,7 +304,7 @@ def _train_controller(
     return StageResult(summary.line(), summary.seconds, resume)
 
 
-def _evaluate(config: PipelineConfig, paths: RunPaths, progress: bool, cluster) -> StageResult:
+def _evaluate(config: PipelineConfig, paths: RunPaths, progress: bool, cluster, log) -> StageResult:
     from worldmodels.agent import Agent
     from worldmodels.controller.evaluate import evaluate_agent, save_eval
 
@@ -265,7 +324,7 @@ def _evaluate(config: PipelineConfig, paths: RunPaths, progress: bool, cluster) 
     return StageResult(result.line())
 
 
-def _report(config: PipelineConfig, paths: RunPaths, progress: bool, cluster) -> StageResult:
+def _report(config: PipelineConfig, paths: RunPaths, progress: bool, cluster, log) -> StageResult:
     from worldmodels.report import write_report
 
     write_report(paths)
@@ -273,6 +332,7 @@ def _report(config: PipelineConfig, paths: RunPaths, progress: bool, cluster) ->
 
 
 _STAGE_FUNCTIONS = {
+    "earlier-rounds": _earlier_rounds,
     "collect": _collect,
     "train-vae": _train_vae,
     "encode": _encode,

@@ -98,44 +98,53 @@ class AgentPolicy(ExplorationPolicy):
     iterative procedure, where the next round's data is collected by the evolved controller.
 
     Random policies barely drive (brownian: ~11 of a track's ~280 tiles per episode), so V
-    never sees the fast corners a good controller meets; the agent's own episodes do. Per
-    episode a noise scale s ~ U(0, ``noise``) is drawn, so the data span clean laps to near
-    random driving around the agent's line; the noise is a brownian walk in [-1, 1] (as the
-    brownian policy's), times s, added to C's actions and clipped to the action box. M's
+    never sees the fast corners a good controller meets; the agent's own episodes do (Doom: M
+    sees where the controller's own actions lead, the states its dream was wrong about). Per
+    episode a noise scale s ~ U(0, ``noise``) is drawn, so the data span the clean agent to
+    near-random play around its line; the noise is a brownian walk in [-1, 1] per action (as
+    the brownian policy's), times s, added to C's actions and clipped to the action box. M's
     state follows the actions taken.
     """
 
     name = "agent"
 
-    def __init__(self, num_slots: int, agent: str = "", noise: float = 0.5, device: str = "cpu"):
+    def __init__(
+        self,
+        num_slots: int,
+        agent: str = "",
+        noise: float = 0.5,
+        env: str = "carracing",
+        device: str = "cpu",
+    ):
         from worldmodels.agent import Agent
 
         super().__init__(num_slots)
         if not agent:
             raise ValueError("policy 'agent' needs the run folder of a trained agent (agent=RUN)")
         self.agent = Agent.load(agent, device=device)
-        if self.agent.env != "carracing":
-            raise ValueError(f"{agent}: policy 'agent' collects CarRacing, not {self.agent.env!r}")
+        if self.agent.env != env:
+            raise ValueError(f"{agent}: its agent plays {self.agent.env!r}, not {env!r}")
         self.agent.reset(num_slots)
         self.agent.policy.preprocess = lambda frames: frames  # collection preprocesses already
+        self.action_size = self.agent.spec.action_size
         self.noise = noise
         self.step_std = np.sqrt(1 / 50)  # the brownian policy's walk
         self.scale = np.zeros(num_slots, np.float32)
-        self.walk = np.zeros((num_slots, 3), np.float32)
+        self.walk = np.zeros((num_slots, self.action_size), np.float32)
 
     def start(self, slot, rng):
         super().start(slot, rng)
         self.scale[slot] = rng.uniform(0.0, self.noise)
-        self.walk[slot] = rng.uniform(-1.0, 1.0, 3)
+        self.walk[slot] = rng.uniform(-1.0, 1.0, self.action_size)
         self.agent.policy.start(np.array([slot]), [int(rng.integers(2**31))])
 
     def act(self, frames, active):
-        out = np.zeros((self.num_slots, 3), np.float32)
+        out = np.zeros((self.num_slots, self.action_size), np.float32)
         ids = np.flatnonzero(active)
         if ids.size == 0:
             return out
         for slot in ids:
-            step = self.rngs[slot].standard_normal(3) * self.step_std
+            step = self.rngs[slot].standard_normal(self.action_size) * self.step_std
             self.walk[slot] = np.clip(self.walk[slot] + step, -1.0, 1.0)
         out[ids] = self.agent.act(frames[ids], ids, offset=self.scale[ids, None] * self.walk[ids])
         return out
@@ -208,22 +217,23 @@ POLICIES = {
 }
 ENV_POLICIES = {
     "carracing": ("brownian", "random_weights", "agent"),
-    "doom": ("doom_random", "doom_long_holds"),
+    "doom": ("doom_random", "doom_long_holds", "agent"),
 }
 
 
 def make_policy(
-    name: str, num_slots: int, agent: str = "", agent_noise: float = 0.5
+    name: str, num_slots: int, agent: str = "", agent_noise: float = 0.5, env: str = "carracing"
 ) -> ExplorationPolicy:
     """The policy ``name`` for ``num_slots`` slots; ``agent`` and ``agent_noise`` are the
-    run folder and noise of policy ``agent`` (CollectConfig's fields of the same names)."""
+    run folder and noise of policy ``agent`` (CollectConfig's fields of the same names), whose
+    agent must play ``env``."""
     if name not in POLICIES:
         raise ValueError(f"unknown policy {name!r}; choose one of {', '.join(POLICIES)}")
     if name == AgentPolicy.name:
-        return AgentPolicy(num_slots, agent, agent_noise)
+        return AgentPolicy(num_slots, agent, agent_noise, env)
     return POLICIES[name](num_slots)
 
 
 def policy_for(config, num_slots: int) -> ExplorationPolicy:
     """The exploration policy a ``CollectConfig`` names, for ``num_slots`` slots."""
-    return make_policy(config.policy, num_slots, config.agent, config.agent_noise)
+    return make_policy(config.policy, num_slots, config.agent, config.agent_noise, config.env)
