@@ -327,7 +327,7 @@ def test_a_terminated_evaluation_leaves_no_worker_and_keeps_the_old_result(smoke
 
 def test_each_round_collects_with_the_agent_of_the_round_before(tmp_path, capsys):
     """iterate.rounds=2: round 1 is a whole run up to C in RUN/round1 (V for fewer steps), and
-    RUN's data are round 1's C driving on tracks of their own (noise 0 and C fed mu here, so
+    RUN's data are round 1's C driving on the same tracks (noise 0 and C fed mu here, so
     they are exactly the episodes `evaluate` plays with round 1's agent on the same seeds)."""
     from worldmodels.agent import Agent
     from worldmodels.controller.evaluate import evaluate_agent
@@ -349,7 +349,7 @@ def test_each_round_collects_with_the_agent_of_the_round_before(tmp_path, capsys
     final = load_manifest(out / "episodes")["identity"]
     assert first["policy"] == "brownian" and "agent" not in first
     assert final["policy"] == "agent" and final["agent"] == str(round1.resolve())
-    assert final["seed"] == first["seed"] + 4  # 4 episodes a round: other tracks
+    assert final["seed"] == first["seed"]  # the same tracks, driven by round 1's agent
     store = EpisodeStore(out / "episodes")
     played = evaluate_agent(
         Agent.load(round1, device="cpu"),

@@ -322,9 +322,9 @@ class IterateConfig:
     again. ``rounds - 1`` earlier rounds, each a whole run up to C in RUN/round1, RUN/round2,
     ...; round 1 collects with ``collect.policy``, every later round (the last in RUN itself)
     with the agent of the round before it (policy agent, noise ``collect.agent_noise``), on
-    tracks of its own (seeds from ``collect.seed + (round - 1) * collect.episodes``). An
-    earlier round may train V for fewer steps and C for less time than the last one. 1 round
-    is the plain method.
+    the same tracks (seeds) as round 1: the agent's driving is what is new. An earlier round
+    may train V for fewer steps and C for less time than the last one. 1 round is the plain
+    method.
     """
 
     rounds: int = 1
@@ -427,17 +427,18 @@ PRESETS: dict[str, PipelineConfig] = {
     ),
     # the paper's iterative procedure on the laptop recipe: round 1 is a whole laptop run up to
     # C in RUN/round1, then its agent (C plus per-episode noise) collects RUN's 120 episodes
-    # on other tracks and V, M and C are trained again on them. Random driving never shows V
-    # the fast corners a trained driver meets (V's error on the driver's frames: 25.3 per
-    # frame after brownian data, 15.4 after the agent's). Measured as the two laptop runs it
-    # chains (README): 851.9 +- 122.6 against the first round's 745.7; ~3.5 h on 2 cores
+    # on the same tracks and V, M and C are trained again on them. Random driving never shows
+    # V the fast corners a trained driver meets (V's error on the driver's frames: 25.3 per
+    # frame after brownian data, 15.4 after the agent's). Round 2's CMA-ES is 15 min: measured
+    # as the two laptop runs it chains (README), round 2's mean-eval peaked at generation 20
+    # (~9 min); that mean scores 837.5 +- 117.8 (80 min: 851.9) against round 1's 745.7
     "laptop-iter": PipelineConfig(
         collect=LAPTOP_COLLECT,
         vae=LAPTOP_VAE,
         mdrnn=LAPTOP_MDRNN,
-        controller=LAPTOP_CONTROLLER,
+        controller=dataclasses.replace(LAPTOP_CONTROLLER, time_budget_s=15 * 60),
         evaluate=LAPTOP_EVALUATE,
-        iterate=IterateConfig(rounds=2),
+        iterate=IterateConfig(rounds=2, controller_budget_s=LAPTOP_CONTROLLER.time_budget_s),
     ),
     # a night on 2 cores (~7.5 h), aimed at the paper's 900; not measured yet (README). From
     # what the laptop runs showed: 4x the data, V and M steps (V reconstructed the trained

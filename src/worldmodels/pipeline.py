@@ -178,12 +178,7 @@ def round_config(config: PipelineConfig, k: int, root: Path) -> PipelineConfig:
     it = config.iterate
     collect = config.collect
     if k > 1:
-        collect = dataclasses.replace(
-            collect,
-            policy="agent",
-            agent=str(root / f"round{k - 1}"),
-            seed=collect.seed + (k - 1) * collect.episodes,
-        )
+        collect = dataclasses.replace(collect, policy="agent", agent=str(root / f"round{k - 1}"))
     if k == it.rounds:
         return dataclasses.replace(config, collect=collect)
     vae = config.vae
