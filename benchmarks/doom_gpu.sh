@@ -4,12 +4,13 @@
 # machine, every stage given a fixed share of the wall time. Prints the pipeline's report
 # (stage times, score). Usage:
 #
-#   benchmarks/doom_gpu.sh RUN_DIR [PRESET] [COLLECT_S V_S M_S C_S]
+#   benchmarks/doom_gpu.sh RUN_DIR [PRESET] [COLLECT_S V_S M_S C_S] [--set KEY=VALUE ...]
 #
 # defaults: preset doom; 100 s of collection (as many episodes as fit), V 90 s, M 120 s (at
 # most the original's 24,000 steps), CMA-ES in the dream 100 s. A run stopped part-way
 # resumes with the same command; a stage that has finished keeps its budget (the pipeline
-# refuses to change a finished stage's settings).
+# refuses to change a finished stage's settings). Arguments after the budgets go to the
+# pipeline as they are (e.g. `--set collect.num_envs=16`).
 set -uo pipefail
 run=${1:?usage: benchmarks/doom_gpu.sh RUN_DIR [PRESET] [COLLECT_S V_S M_S C_S]}
 preset=${2:-doom}
@@ -17,11 +18,13 @@ collect_s=${3:-100}
 vae_s=${4:-90}
 mdrnn_s=${5:-120}
 controller_s=${6:-100}
+shift $(($# < 6 ? $# : 6))
 wm=(python3 -m worldmodels)
 sets=(
     --set "vae.time_budget_s=$vae_s"
     --set "mdrnn.steps=24000" --set "mdrnn.time_budget_s=$mdrnn_s"
     --set "controller.time_budget_s=$controller_s"
+    "$@"
 )
 if python3 -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; then
     sets+=(--set vae.bf16=true --set vae.channels_last=true)
