@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from worldmodels.config import CollectConfig
-from worldmodels.envs import envpool_available
+from worldmodels.envs import resolve_backend
 from worldmodels.execution import collect
 
 torch.set_num_threads(2)
 
-FAST_BACKEND = "envpool" if envpool_available() else "gymnasium"
+FAST_BACKEND = resolve_backend("auto", quiet=True)  # envpool where installed
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,8 @@ import torch
 from worldmodels.cli import main
 from worldmodels.config import VAEConfig
 from worldmodels.data.store import EpisodeStore, StoreError
-from worldmodels.vision.encode import encode_store, file_digest
+from worldmodels.utils.io import file_digest
+from worldmodels.vision.encode import encode_store
 from worldmodels.vision.train import save_vae
 from worldmodels.vision.vae import ConvVAE, frames_to_input
 

@@ -13,11 +13,11 @@ from worldmodels.config import CollectConfig
 from worldmodels.controller.evaluate import evaluate_agent
 from worldmodels.data.policies import ENV_POLICIES, POLICIES, make_policy
 from worldmodels.data.store import EpisodeStore, load_manifest
-from worldmodels.envs import envpool_available
+from worldmodels.envs import resolve_backend
 from worldmodels.envs.carracing import ACTION_HIGH, ACTION_LOW
 from worldmodels.execution import collect
 
-FAST_BACKEND = "envpool" if envpool_available() else "gymnasium"
+FAST_BACKEND = resolve_backend("auto", quiet=True)
 RANDOM_POLICIES = [name for name in POLICIES if name != "agent"]  # "agent" needs a trained run
 
 
@@ -83,7 +83,7 @@ def deterministic_copy(run: Path, dest: Path) -> Path:
 def collect_agent(
     run: Path, out: Path, noise: float, episodes: int = 2, env: str = "carracing"
 ) -> EpisodeStore:
-    backend = FAST_BACKEND if env == "carracing" else "gymnasium"
+    backend = resolve_backend("auto", quiet=True, env=env)
     config = CollectConfig.for_env(
         env,
         backend=backend,
@@ -106,7 +106,7 @@ def assert_plays_as_evaluate_scores(run: Path, store: EpisodeStore, env: str) ->
         episodes=2,
         seed=5,
         num_envs=2,
-        backend=FAST_BACKEND if env == "carracing" else "gymnasium",
+        backend=resolve_backend("auto", quiet=True, env=env),
         max_steps=50,
         progress=False,
     )
@@ -165,3 +165,19 @@ def test_cli_agent_policy_needs_a_trained_run(tmp_path, smoke_run, capsys):
     assert main([*args, "--agent-noise", "0.2", "--no-progress"]) == 0
     assert main([*args, "--agent-noise", "0.3", "--no-progress"]) == 2
     assert "different settings" in capsys.readouterr().err
+
+
+def test_a_store_refuses_to_resume_with_an_agent_trained_again_in_the_same_folder(
+    smoke_run, tmp_path, capsys
+):
+    run = Path(shutil.copytree(smoke_run, tmp_path / "run"))
+    out = tmp_path / "store"
+    args = ["collect", "--out", str(out), "--backend", FAST_BACKEND, "--policy", "agent"]
+    args += ["--agent", str(run), "--max-steps", "10", "--no-progress"]
+    assert main([*args, "--episodes", "1"]) == 0
+    best = run / "controller" / "best.npy"
+    np.save(best, np.load(best) + 0.1)  # C trained again: same folder, another agent
+    assert main([*args, "--episodes", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "agent_digest" in err and len(err.splitlines()) == 1
+    assert len(EpisodeStore(out)) == 1

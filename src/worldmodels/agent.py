@@ -21,6 +21,7 @@ from worldmodels.controller.model import ControllerSpec, check_params
 from worldmodels.controller.policy import WorldModelPolicy
 from worldmodels.envs import preprocess_for
 from worldmodels.utils.device import pick_device
+from worldmodels.utils.io import file_digest_of
 
 
 def find_controller_dir(run_dir: str | Path) -> Path:
@@ -36,6 +37,32 @@ def find_controller_dir(run_dir: str | Path) -> Path:
         f"{run_dir / 'controller' / CONTROLLER_JSON} from `worldmodels train-controller` "
         "or `worldmodels pipeline`)"
     )
+
+
+def checkpoint_paths(
+    folder: Path, info: dict, which: str = "best"
+) -> tuple[Path, Path | None, Path]:
+    """V's, M's (None when C does not read M) and C's files of the controller folder ``folder``
+    whose controller.json holds ``info``."""
+    from worldmodels.controller.train import BEST, LATEST
+
+    base = folder / info.get("relative_to", "..")
+    uses_memory = ControllerSpec(**info["spec"]).uses_memory
+    return (
+        base / info["vae"],
+        base / info["mdrnn"] if uses_memory else None,
+        folder / (BEST if which == "best" else LATEST),
+    )
+
+
+def agent_digest(run_dir: str | Path, which: str = "best") -> str:
+    """A digest of the files a run's agent is loaded from (V, M, C): another agent saved in the
+    same folder (C trained again, say) has another digest."""
+    from worldmodels.controller.train import read_controller_json
+
+    folder = find_controller_dir(run_dir)
+    paths = checkpoint_paths(folder, read_controller_json(folder), which)
+    return file_digest_of([p for p in paths if p is not None])
 
 
 def load_params(path: Path, spec: ControllerSpec) -> np.ndarray:
@@ -71,7 +98,7 @@ class Agent:
     @classmethod
     def load(cls, run_dir: str | Path, device: str = "auto", which: str = "best") -> Agent:
         """Load V, M and C of a run folder; ``which`` is ``best`` or ``latest`` parameters."""
-        from worldmodels.controller.train import BEST, LATEST, read_controller_json
+        from worldmodels.controller.train import read_controller_json
         from worldmodels.memory.train import load_mdrnn
         from worldmodels.vision.train import load_vae
 
@@ -80,13 +107,11 @@ class Agent:
         folder = find_controller_dir(run_dir)
         info = read_controller_json(folder)
         spec = ControllerSpec(**info["spec"])
-        base = folder / info.get("relative_to", "..")
         dev = pick_device(device)
-        vae_path = base / info["vae"]
-        mdrnn_path = base / info["mdrnn"] if spec.uses_memory else None
+        vae_path, mdrnn_path, params_path = checkpoint_paths(folder, info, which)
         vae = load_vae(vae_path, dev)
         mdrnn = load_mdrnn(mdrnn_path, dev) if mdrnn_path is not None else None
-        params = load_params(folder / (BEST if which == "best" else LATEST), spec)
+        params = load_params(params_path, spec)
         env = info.get("env", "carracing")
         policy = WorldModelPolicy(
             vae,

@@ -72,6 +72,8 @@ class _Slot:
 
 
 def store_identity(config: CollectConfig, backend: str) -> dict:
+    from worldmodels.agent import agent_digest
+
     return {
         "env": config.env,
         "env_id": env_id_for(config.env),
@@ -82,7 +84,11 @@ def store_identity(config: CollectConfig, backend: str) -> dict:
         "frame_shape": [64, 64, 3],
         **({"min_length": config.min_length} if config.min_length else {}),
         **(
-            {"agent": str(Path(config.agent).resolve()), "agent_noise": config.agent_noise}
+            {
+                "agent": str(Path(config.agent).resolve()),
+                "agent_digest": agent_digest(config.agent),
+                "agent_noise": config.agent_noise,
+            }
             if config.policy == "agent"
             else {}
         ),

@@ -27,6 +27,11 @@ class ExplorationPolicy:
         raise NotImplementedError
 
 
+def brownian_step(action, rng, step_std, low, high) -> np.ndarray:
+    """One step of a smooth random walk: clip(a + step_std * N(0, 1), low, high)."""
+    return np.clip(action + rng.standard_normal(action.shape) * step_std, low, high)
+
+
 class BrownianPolicy(ExplorationPolicy):
     """A smooth random walk on the actions: a_{t+1} = clip(a_t + sigma * sqrt(dt) * N(0, 1)).
 
@@ -48,8 +53,9 @@ class BrownianPolicy(ExplorationPolicy):
     def act(self, frames, active):
         out = np.zeros((self.num_slots, 3), np.float32)
         for slot in np.flatnonzero(active):
-            noise = self.rngs[slot].standard_normal(3) * self.step_std
-            self.actions[slot] = np.clip(self.actions[slot] + noise, ACTION_LOW, ACTION_HIGH)
+            self.actions[slot] = brownian_step(
+                self.actions[slot], self.rngs[slot], self.step_std, ACTION_LOW, ACTION_HIGH
+            )
             out[slot] = self.actions[slot]
         return out
 
@@ -144,8 +150,7 @@ class AgentPolicy(ExplorationPolicy):
         if ids.size == 0:
             return out
         for slot in ids:
-            step = self.rngs[slot].standard_normal(self.action_size) * self.step_std
-            self.walk[slot] = np.clip(self.walk[slot] + step, -1.0, 1.0)
+            self.walk[slot] = brownian_step(self.walk[slot], self.rngs[slot], self.step_std, -1, 1)
         out[ids] = self.agent.act(frames[ids], ids, offset=self.scale[ids, None] * self.walk[ids])
         return out
 

@@ -1,7 +1,8 @@
-"""Atomic file writes: a reader never sees a half-written file."""
+"""Atomic file writes (a reader never sees a half-written file), and file digests."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -69,3 +70,18 @@ def remove_stale_temp_files(folder: str | Path) -> int:
         p.unlink(missing_ok=True)
         removed += 1
     return removed
+
+
+def file_digest(path: str | Path, length: int = 16) -> str:
+    """The first ``length`` hex digits of a file's SHA-256."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:length]
+
+
+def file_digest_of(paths: list[Path], length: int = 16) -> str:
+    """One digest of several files' contents, in order."""
+    joined = ",".join(file_digest(p, 64) for p in paths)
+    return hashlib.sha256(joined.encode()).hexdigest()[:length]

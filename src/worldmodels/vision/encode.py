@@ -9,7 +9,6 @@ encoded are skipped: a killed run started again finishes the rest.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from tqdm import tqdm
 
 from worldmodels.data.store import EpisodeStore, StoreError, StoreWriter
 from worldmodels.utils.device import pick_device
+from worldmodels.utils.io import file_digest
 from worldmodels.vision.data import open_frame_store
 from worldmodels.vision.train import VAE_FILE, load_vae
 from worldmodels.vision.vae import ConvVAE, frames_to_input
@@ -47,15 +47,6 @@ class EncodeSummary:
             f"{self.seconds:.1f} s, {self.images_per_second:.0f} images/s on {self.device}; "
             f"series store {self.out} holds {self.episodes_total} episodes"
         )
-
-
-def file_digest(path: str | Path, length: int = 16) -> str:
-    """The first ``length`` hex digits of a file's SHA-256."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:length]
 
 
 @torch.inference_mode()
