@@ -12,7 +12,7 @@
 # refuses to change a finished stage's settings). Arguments after the budgets go to the
 # pipeline as they are (e.g. `--set collect.num_envs=16`).
 set -uo pipefail
-run=${1:?usage: benchmarks/doom_gpu.sh RUN_DIR [PRESET] [COLLECT_S V_S M_S C_S]}
+run=${1:?usage: benchmarks/doom_gpu.sh RUN_DIR [PRESET] [COLLECT_S V_S M_S C_S] [--set KEY=VALUE ...]}
 preset=${2:-doom}
 collect_s=${3:-100}
 vae_s=${4:-90}

@@ -431,7 +431,7 @@ PRESETS: dict[str, PipelineConfig] = {
     # V the fast corners a trained driver meets (V's error on the driver's frames: 25.3 per
     # frame after brownian data, 15.4 after the agent's). Both rounds get the laptop's 80 min
     # of CMA-ES, as measured (round 1 745.7, round 2 851.9). Shorter budgets measured worse:
-    # round 1 60 min + round 2 12 min gave 664.2, round 2's mean-eval still rising (README)
+    # round 1 60 min + round 2 12 min gave 664.2, with round 2 at 30 min 782.3 (README)
     "laptop-iter": PipelineConfig(
         collect=LAPTOP_COLLECT,
         vae=LAPTOP_VAE,
