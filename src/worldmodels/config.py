@@ -393,6 +393,13 @@ LAPTOP_CONTROLLER = ControllerConfig(
     eval_episodes=16,
 )
 LAPTOP_EVALUATE = EvalConfig(episodes=100, num_envs=8)
+LAPTOP = PipelineConfig(
+    collect=LAPTOP_COLLECT,
+    vae=LAPTOP_VAE,
+    mdrnn=LAPTOP_MDRNN,
+    controller=LAPTOP_CONTROLLER,
+    evaluate=LAPTOP_EVALUATE,
+)
 
 PRESETS: dict[str, PipelineConfig] = {
     # every stage on tiny sizes: minutes on 2 cores; the tests run it end to end
@@ -418,13 +425,7 @@ PRESETS: dict[str, PipelineConfig] = {
     ),
     # the best agent a 2-core machine trains from scratch in about 2 hours (the recipe's
     # deviations from the 2018 code: LAPTOP_CONTROLLER)
-    "laptop": PipelineConfig(
-        collect=LAPTOP_COLLECT,
-        vae=LAPTOP_VAE,
-        mdrnn=LAPTOP_MDRNN,
-        controller=LAPTOP_CONTROLLER,
-        evaluate=LAPTOP_EVALUATE,
-    ),
+    "laptop": LAPTOP,
     # the paper's iterative procedure on the laptop recipe: round 1 is a whole laptop run up to
     # C in RUN/round1, then its agent (C plus per-episode noise) collects RUN's 120 episodes
     # on the same tracks and V, M and C are trained again on them. Random driving never shows
@@ -432,14 +433,7 @@ PRESETS: dict[str, PipelineConfig] = {
     # frame after brownian data, 15.4 after the agent's). Both rounds get the laptop's 80 min
     # of CMA-ES, as measured (round 1 745.7, round 2 851.9). Shorter budgets measured worse:
     # round 1 60 min + round 2 12 min gave 664.2, with round 2 at 30 min 782.3 (README)
-    "laptop-iter": PipelineConfig(
-        collect=LAPTOP_COLLECT,
-        vae=LAPTOP_VAE,
-        mdrnn=LAPTOP_MDRNN,
-        controller=LAPTOP_CONTROLLER,
-        evaluate=LAPTOP_EVALUATE,
-        iterate=IterateConfig(rounds=2),
-    ),
+    "laptop-iter": dataclasses.replace(LAPTOP, iterate=IterateConfig(rounds=2)),
     # a night on 2 cores (~7.5 h), aimed at the paper's 900; not measured yet (README). From
     # what the laptop runs showed: 4x the data, V and M steps (V reconstructed the trained
     # driver's fast corners poorly from 120 slow episodes); after ~40 generations of 16 x 2 the
