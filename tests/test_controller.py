@@ -266,6 +266,23 @@ def test_cmaes_resumes_exactly(tmp_path):
     ]
 
 
+def test_controller_init_is_cmaes_first_mean_and_a_wrong_file_is_named(tmp_path):
+    """controller.init: CMA-ES's first population is drawn around the given parameters."""
+    from worldmodels.controller.train import es_settings
+
+    spec = ControllerSpec(z_size=32, hidden_size=256, mode="zh")
+    given = np.linspace(-1, 1, spec.num_params)
+    np.save(tmp_path / "best.npy", given)
+    config = ControllerConfig(popsize=8, sigma0=1e-6, init=str(tmp_path / "best.npy"))
+    state = new_state(es_settings(config, spec))
+    np.testing.assert_allclose(np.asarray(state.es.ask()), np.tile(given, (8, 1)), atol=1e-4)
+    assert not np.asarray(new_state(es_settings(ControllerConfig(), spec)).es.mean).any()
+    np.save(tmp_path / "short.npy", given[:10])
+    short = ControllerConfig(init=str(tmp_path / "short.npy"))
+    with pytest.raises(ValueError, match="short.npy: expected a vector of 867"):
+        es_settings(short, spec)
+
+
 def test_cmaes_refuses_other_settings_and_corrupt_checkpoints(tmp_path):
     run_es(settings(generations=2), sphere, tmp_path, progress=False)
     with pytest.raises(ValueError, match="other settings .*popsize: 8 there, 16 now"):

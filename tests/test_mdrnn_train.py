@@ -231,6 +231,20 @@ def test_tiny_training_run_learns_clips_and_saves(series, tmp_path, monkeypatch)
         train_mdrnn(series, run, config, progress=False)
 
 
+def test_init_starts_from_the_given_weights_and_refuses_another_architecture(series, tmp_path):
+    """mdrnn.init: training begins at the given M's weights (at a learning rate too small to
+    move them, the result is those weights); an M of other sizes is named, not half-loaded."""
+    given = train_mdrnn(series, tmp_path / "given", tiny(steps=4), progress=False).model_path
+    still = tiny(steps=1, seed=1, learning_rate=1e-12, min_learning_rate=0, init=str(given))
+    warm = train_mdrnn(series, tmp_path / "warm", still, progress=False)
+    assert warm.val_nll_start == pytest.approx(warm.val_nll, abs=1e-4)
+    start = load_mdrnn(given).state_dict()
+    for name, weights in load_mdrnn(warm.model_path).state_dict().items():
+        torch.testing.assert_close(weights, start[name], atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match=f"{given}: an M of another architecture"):
+        train_mdrnn(series, tmp_path / "x", tiny(hidden_size=16, init=str(given)), progress=False)
+
+
 def test_reward_and_done_heads_train(series, tmp_path):
     config = tiny(steps=3, reward_head=True, done_head=True)
     summary = train_mdrnn(series, tmp_path / "run", config, progress=False)

@@ -328,14 +328,15 @@ def test_a_terminated_evaluation_leaves_no_worker_and_keeps_the_old_result(smoke
 def test_each_round_collects_with_the_agent_of_the_round_before(tmp_path, capsys):
     """iterate.rounds=2: round 1 is a whole run up to C in RUN/round1 (V for fewer steps), and
     RUN's data are round 1's C driving on the same tracks (noise 0 and C fed mu here, so
-    they are exactly the episodes `evaluate` plays with round 1's agent on the same seeds)."""
+    they are exactly the episodes `evaluate` plays with round 1's agent on the same seeds).
+    With warm_start, round 2's V, M and C start from round 1's."""
     from worldmodels.agent import Agent
     from worldmodels.controller.evaluate import evaluate_agent
     from worldmodels.data.store import EpisodeStore, load_manifest
 
     out = tmp_path / "run"
     sets = ["iterate.rounds=2", "iterate.vae_steps=10", "collect.agent_noise=0"]
-    sets += ["controller.z_mode=mean"]
+    sets += ["controller.z_mode=mean", "iterate.warm_start=true"]
     args = ["pipeline", "--preset", "smoke", "--out", str(out), "--no-progress"]
     args += [a for x in sets for a in ("--set", x)]
     assert main(args) == 0
@@ -345,6 +346,14 @@ def test_each_round_collects_with_the_agent_of_the_round_before(tmp_path, capsys
     assert set(json.loads((round1 / "stages.json").read_text())) == set(STAGES[1:6])
     assert json.loads((round1 / "config.json").read_text())["vae"]["max_steps"] == 10
     assert json.loads((out / "config.json").read_text())["vae"]["max_steps"] == 20
+    started_from = {
+        "vae/config.json": round1 / "vae" / "vae.pt",
+        "mdrnn/config.json": round1 / "mdrnn" / "mdrnn.pt",
+        "controller/config.json": round1 / "controller" / "best.npy",
+    }
+    for saved, given in started_from.items():
+        assert json.loads((out / saved).read_text())["init"] == str(given), saved
+        assert json.loads((round1 / saved).read_text())["init"] is None, saved
     first = load_manifest(round1 / "episodes")["identity"]
     final = load_manifest(out / "episodes")["identity"]
     assert first["policy"] == "brownian" and "agent" not in first

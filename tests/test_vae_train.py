@@ -218,6 +218,23 @@ def test_time_budget_stops_saves_and_counts_resumed_runs(small_store, tmp_path, 
     assert refused.value.code == 2 and not (tmp_path / "x").exists()
 
 
+def test_init_starts_from_the_given_weights_and_names_a_missing_file(small_store, tmp_path):
+    """vae.init: training begins at the given V's weights (at a learning rate too small to move
+    them, the result is those weights), not at the seed's random ones."""
+    base = VAEConfig(max_steps=3, batch_size=16, checkpoint_every=500)
+    given = train_vae(small_store, tmp_path / "given", base, progress=False).model_path
+    still = dataclasses.replace(base, max_steps=1, learning_rate=1e-12, seed=1, init=str(given))
+    train_vae(small_store, tmp_path / "warm", still, progress=False)
+    train_vae(small_store, tmp_path / "cold", dataclasses.replace(still, init=None), progress=False)
+    start, warm, cold = (load_vae(tmp_path / x).state_dict() for x in ("given", "warm", "cold"))
+    for name, weights in start.items():
+        torch.testing.assert_close(warm[name], weights, atol=1e-6, rtol=0)
+    assert any(not torch.allclose(cold[k], w, atol=1e-3) for k, w in start.items())
+    missing = dataclasses.replace(still, init=str(tmp_path / "nowhere" / "vae.pt"))
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        train_vae(small_store, tmp_path / "x", missing, progress=False)
+
+
 def test_non_finite_loss_names_step_and_checkpoint(small_store, tmp_path):
     out = tmp_path / "run"
     config = VAEConfig(max_steps=5, batch_size=16, learning_rate=1e30, checkpoint_every=1)

@@ -120,6 +120,8 @@ class VAEConfig:
     device: str = "auto"
     bf16: bool = False  # CUDA only
     channels_last: bool = False  # CUDA only
+    # start from this V's weights (a vae.pt, or a folder holding one), not random ones
+    init: str | None = None
     seed: int = 0
 
     def validate(self) -> None:
@@ -161,6 +163,8 @@ class MDNRNNConfig:
     z_size: int | None = None  # None: take it from the series store; else it must match
     action_size: int | None = None  # likewise
     pad_short: bool = False  # allow episodes shorter than seq_len + 1 (padded, masked)
+    # start from this M's weights (an mdrnn.pt of the same architecture), not random ones
+    init: str | None = None
     device: str = "auto"
     seed: int = 0
 
@@ -227,6 +231,8 @@ class ControllerConfig:
     # the environments in this many batches stepped in turn, so that one batch's networks run
     # while the others' environments step (benchmarks/rollout.py); 1: the synchronous engine
     env_groups: int = 2
+    # CMA-ES's first mean: these parameters (a best.npy of the same controller), not zeros
+    init: str | None = None
     device: str = "auto"
     seed: int = 0
 
@@ -325,11 +331,17 @@ class IterateConfig:
     the same tracks (seeds) as round 1: the agent's driving is what is new. An earlier round
     may train V for fewer steps and C for less time than the last one. 1 round is the plain
     method.
+
+    ``warm_start`` (a deviation: the paper trains every round from scratch) starts each later
+    round's V, M and CMA-ES mean from the round before's V, M and ``best.npy``, so a later
+    round refines what it inherits (``vae.max_steps`` may then be far smaller than
+    ``vae_steps``).
     """
 
     rounds: int = 1
     vae_steps: int | None = None  # V's steps in an earlier round (None: the vae section's)
     controller_budget_s: float | None = None  # an earlier round's CMA-ES time (None: the same)
+    warm_start: bool = False
 
     def validate(self) -> None:
         if self.rounds < 1:

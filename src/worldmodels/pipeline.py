@@ -174,22 +174,35 @@ class StageResult:
 
 def round_config(config: PipelineConfig, k: int, root: Path) -> PipelineConfig:
     """Round ``k`` (1-based) of an iterated run at ``root``: its collection (the agent of round
-    k - 1 after the first), and for an earlier round its V steps and CMA-ES time."""
+    k - 1 after the first), with ``warm_start`` that round's V, M and C as the starting
+    points, and for an earlier round its V steps and CMA-ES time."""
     it = config.iterate
-    collect = config.collect
+    collect, vae, mdrnn, controller = config.collect, config.vae, config.mdrnn, config.controller
     if k > 1:
-        collect = dataclasses.replace(collect, policy="agent", agent=str(root / f"round{k - 1}"))
-    if k == it.rounds:
-        return dataclasses.replace(config, collect=collect)
-    vae = config.vae
-    if it.vae_steps is not None:
-        vae = dataclasses.replace(vae, max_steps=it.vae_steps)
-    controller = config.controller
-    if it.controller_budget_s is not None:
-        controller = dataclasses.replace(controller, time_budget_s=it.controller_budget_s)
+        before = RunPaths(root / f"round{k - 1}")
+        collect = dataclasses.replace(collect, policy="agent", agent=str(before.root))
+        if it.warm_start:
+            vae = dataclasses.replace(vae, init=str(before.vae))
+            mdrnn = dataclasses.replace(mdrnn, init=str(before.mdrnn))
+            controller = dataclasses.replace(controller, init=str(before.controller / "best.npy"))
+    if k < it.rounds:
+        if it.vae_steps is not None:
+            vae = dataclasses.replace(vae, max_steps=it.vae_steps)
+        if it.controller_budget_s is not None:
+            controller = dataclasses.replace(controller, time_budget_s=it.controller_budget_s)
     return dataclasses.replace(
-        config, collect=collect, vae=vae, controller=controller, iterate=IterateConfig()
+        config,
+        collect=collect,
+        vae=vae,
+        mdrnn=mdrnn,
+        controller=controller,
+        iterate=config.iterate if k == it.rounds else IterateConfig(),
     )
+
+
+def last_round(config: PipelineConfig, paths: RunPaths) -> PipelineConfig:
+    """The settings the run's own stages (collect .. train-controller) use."""
+    return round_config(config, config.iterate.rounds, paths.root)
 
 
 def _earlier_rounds(config: PipelineConfig, paths: RunPaths, progress, cluster, log) -> StageResult:
@@ -216,7 +229,7 @@ def _earlier_rounds(config: PipelineConfig, paths: RunPaths, progress, cluster, 
 def _collect(config: PipelineConfig, paths: RunPaths, progress: bool, cluster, log) -> StageResult:
     from worldmodels.execution import collect
 
-    settings = round_config(config, config.iterate.rounds, paths.root).collect
+    settings = last_round(config, paths).collect
     return StageResult(collect(settings, str(paths.episodes), progress, cluster).line())
 
 
@@ -226,7 +239,8 @@ def _train_vae(
     from worldmodels.vision.train import train_vae
 
     resume = (paths.vae_dir / "latest.pt").exists()
-    summary = train_vae(paths.episodes, paths.vae_dir, config.vae, resume=resume, progress=progress)
+    settings = last_round(config, paths).vae
+    summary = train_vae(paths.episodes, paths.vae_dir, settings, resume=resume, progress=progress)
     return StageResult(summary.line(), summary.total_seconds, resume)
 
 
@@ -246,7 +260,7 @@ def _train_mdrnn(
     summary = train_mdrnn(
         paths.series,
         paths.mdrnn_dir,
-        config.mdrnn,
+        last_round(config, paths).mdrnn,
         resume=resume,
         progress=progress,
         vae_path=paths.vae,
@@ -262,6 +276,7 @@ def _train_controller(
     from worldmodels.evolution.cmaes import STATE
 
     resume = (paths.controller / STATE).exists()
+    settings = last_round(config, paths).controller
     if config.dream is not None:  # in M's dream, scored in the real game
         from worldmodels.agent import Agent
         from worldmodels.dream.pictures import dream_beside_real
@@ -272,7 +287,7 @@ def _train_controller(
             paths.series,
             paths.vae,
             paths.controller,
-            config.controller,
+            settings,
             config.dream,
             resume=resume,
             progress=progress,
@@ -291,7 +306,7 @@ def _train_controller(
         paths.vae,
         paths.mdrnn,
         paths.controller,
-        config.controller,
+        settings,
         resume=resume,
         progress=progress,
         cluster=cluster,

@@ -152,7 +152,7 @@ def train_controller(
         save_params(out_dir / BEST, state.best_params if state.best_params is not None else latest)
         plot_training_curve(state.history, out_dir / "curve.png")
 
-    settings = es_settings(config, spec.num_params)
+    settings = es_settings(config, spec)
     try:
         state = run_es(
             settings,
@@ -262,10 +262,13 @@ def write_controller_json(
     )
 
 
-def es_settings(config: ControllerConfig, num_params: int) -> ESSettings:
+def es_settings(config: ControllerConfig, spec: ControllerSpec) -> ESSettings:
     """The CMA-ES loop's settings from a controller config (real or dream fitness alike)."""
+    from worldmodels.agent import load_params
+
     return ESSettings(
-        num_params=num_params,
+        num_params=spec.num_params,
+        x0=None if config.init is None else load_params(Path(config.init), spec),
         popsize=config.popsize,
         sigma0=config.sigma0,
         generations=config.generations,

@@ -53,6 +53,7 @@ class ESSettings:
     weight_decay: float = 0.0
     eval_every: int = 25
     seed: int = 0
+    x0: np.ndarray | None = None  # the first mean (None: zeros)
 
     def identity(self) -> dict:
         """What a checkpoint must match to be resumed."""
@@ -82,7 +83,8 @@ class ESState:
 
 def new_state(settings: ESSettings) -> ESState:
     options = {"popsize": settings.popsize, "seed": settings.seed + 1, "verbose": -9}
-    es = cma.CMAEvolutionStrategy(np.zeros(settings.num_params), settings.sigma0, options)
+    x0 = np.zeros(settings.num_params) if settings.x0 is None else settings.x0
+    es = cma.CMAEvolutionStrategy(np.array(x0, np.float64), settings.sigma0, options)
     return ESState(es=es, settings=settings.identity())
 
 

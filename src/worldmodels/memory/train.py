@@ -292,7 +292,10 @@ def train_mdrnn(
     checkpoints = _prepare_out_dir(out, resume)
 
     seed_everything(config.seed)
-    model = build_mdrnn(config, info.z_size, info.action_size).to(device)
+    model = build_mdrnn(config, info.z_size, info.action_size)
+    if config.init is not None:  # a fresh start from given weights; a resume restores its own
+        start_from(model, config.init, info)
+    model = model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     start, history = 0, {"val_nll_start": None, "val_nll": None}
     if resume and checkpoints.exists():
@@ -327,6 +330,19 @@ def train_mdrnn(
         pictures=pictures,
         total_seconds=total_seconds,
     )
+
+
+def start_from(model: MDNRNN, path: str | Path, info) -> None:
+    """Copy the weights of the M saved at ``path`` into ``model``: the same sizes and heads, or
+    an error naming the file."""
+    given = load_mdrnn(path, z_size=info.z_size, action_size=info.action_size)
+    try:
+        model.load_state_dict(given.state_dict())
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise ValueError(
+            f"{path}: an M of another architecture than these settings': {first}"
+        ) from None
 
 
 def _loop(run: _Run, start: int, progress: bool) -> tuple[float | None, float, int]:

@@ -358,7 +358,10 @@ def train_vae(
     )
     total = total_steps(config, stream)
     seed_everything(config.seed)  # the initial weights; a resumed run restores its RNG below
-    model = ConvVAE(config.z_size).to(device)
+    model = ConvVAE(config.z_size)
+    if config.init is not None:  # a fresh start from given weights; a resume restores its own
+        model.load_state_dict(load_vae(config.init, z_size=config.z_size).state_dict())
+    model = model.to(device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
