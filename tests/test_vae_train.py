@@ -298,8 +298,9 @@ def test_cli_trains_and_resumes(small_store, tmp_path, capsys):
         (["--store", "{tmp}/none", "--out", "{tmp}/run"], "no such store folder"),
         (["--store", "{store}", "--out", "{tmp}/run", "--bf16", "--device", "cpu"], "CUDA"),
         (["--store", "{store}", "--out", "{tmp}/run", "--device", "nonsense"], "nonsense"),
+        (["--store", "{store}", "--out", "{tmp}/run", "--init", "{tmp}/nowhere"], "nowhere"),
     ],
-    ids=["missing-store", "bf16-on-cpu", "bad-device"],
+    ids=["missing-store", "bf16-on-cpu", "bad-device", "missing-init"],
 )
 def test_cli_user_errors_exit_2_with_one_line(small_store, tmp_path, capsys, extra, message):
     argv = ["train-vae", *(a.format(tmp=tmp_path, store=small_store) for a in extra)]

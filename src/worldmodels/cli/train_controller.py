@@ -67,6 +67,10 @@ def add_arguments(p) -> None:
     p.add_argument("--z-mode", default=d.z_mode, choices=("sample", "mean"))
     p.add_argument("--device", default=d.device)
     p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument(
+        "--init",
+        help="CMA-ES's first mean: these parameters (a best.npy of the same controller), not 0",
+    )
     p.add_argument("--resume", action="store_true", help="continue from the ES checkpoint")
     add_ray_arguments(p)
     p.add_argument("--no-progress", action="store_true")
@@ -97,6 +101,7 @@ def run(args) -> int:
         z_mode=args.z_mode,
         device=args.device,
         seed=args.seed,
+        init=args.init,
     )
     config.validate()
     if config.mode in ("zh", "zch") and args.mdrnn is None:

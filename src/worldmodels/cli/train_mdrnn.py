@@ -44,6 +44,9 @@ def add_arguments(p) -> None:
     p.add_argument("--log-every", type=positive_int, default=d.log_every, help="steps")
     p.add_argument("--device", default=d.device, help="auto | cpu | cuda | mps | cuda:N")
     p.add_argument("--seed", type=int, default=d.seed, help="model init and batch order")
+    p.add_argument(
+        "--init", help="start from this M's weights (an mdrnn.pt of the same sizes) to fine-tune"
+    )
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
     p.add_argument("--vae", help="V checkpoint: write dream-vs-real pictures at the end")
     p.add_argument(
@@ -75,6 +78,7 @@ def run(args) -> int:
         pad_short=args.pad_short,
         device=args.device,
         seed=args.seed,
+        init=args.init,
     )
     summary = train_mdrnn(
         args.series,

@@ -25,6 +25,7 @@ OPTIONS = {
     "bf16": "bf16",
     "channels_last": "channels_last",
     "seed": "seed",
+    "init": "init",
 }
 
 
@@ -49,6 +50,9 @@ def add_arguments(p) -> None:
         "--channels-last", action="store_true", default=None, help="channels-last convs (CUDA)"
     )
     p.add_argument("--seed", type=int, help=f"default {d.seed}")
+    p.add_argument(
+        "--init", help="start from this V's weights (a vae.pt or a folder holding one) to fine-tune"
+    )
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
