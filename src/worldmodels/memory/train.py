@@ -341,7 +341,7 @@ def start_from(model: MDNRNN, path: str | Path, info) -> None:
     except RuntimeError as e:
         first = str(e).strip().splitlines()[0]
         raise ValueError(
-            f"{path}: an M of another architecture than these settings': {first}"
+            f"{path}: an M of another architecture than the mdrnn settings ask for: {first}"
         ) from None
 
 
