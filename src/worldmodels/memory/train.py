@@ -293,12 +293,13 @@ def train_mdrnn(
 
     seed_everything(config.seed)
     model = build_mdrnn(config, info.z_size, info.action_size)
-    if config.init is not None:  # a fresh start from given weights; a resume restores its own
+    resuming = resume and checkpoints.exists()
+    if config.init is not None and not resuming:  # a resume restores its own weights
         start_from(model, config.init, info)
     model = model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     start, history = 0, {"val_nll_start": None, "val_nll": None}
-    if resume and checkpoints.exists():
+    if resuming:
         start, history = _restore(checkpoints, model, optimizer, config, info)
     save_config(config, out / CONFIG_FILE)
 

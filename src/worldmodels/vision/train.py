@@ -358,16 +358,17 @@ def train_vae(
     )
     total = total_steps(config, stream)
     seed_everything(config.seed)  # the initial weights; a resumed run restores its RNG below
+    checkpoints = Checkpointer(out)
+    resuming = resume and checkpoints.exists()
     model = ConvVAE(config.z_size)
-    if config.init is not None:  # a fresh start from given weights; a resume restores its own
+    if config.init is not None and not resuming:  # a resume restores its own weights
         model.load_state_dict(load_vae(config.init, z_size=config.z_size).state_dict())
     model = model.to(device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
-    checkpoints = Checkpointer(out)
     position, val_loss = Position(), None
-    if resume and checkpoints.exists():
+    if resuming:
         position, val_loss = restore(checkpoints, model, optimizer, config, store)
     save_config(config, out / CONFIG_FILE)
 
