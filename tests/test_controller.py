@@ -281,6 +281,9 @@ def test_controller_init_is_cmaes_first_mean_and_a_wrong_file_is_named(tmp_path)
     short = ControllerConfig(init=str(tmp_path / "short.npy"))
     with pytest.raises(ValueError, match="short.npy: expected a vector of 867"):
         es_settings(short, spec)
+    # a resumed run continues its saved mean: its init file may be gone by then
+    (tmp_path / "best.npy").unlink()
+    assert es_settings(config, spec, resume=True).x0 is None
 
 
 def test_cmaes_refuses_other_settings_and_corrupt_checkpoints(tmp_path):

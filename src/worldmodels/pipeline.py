@@ -66,6 +66,12 @@ class RunPaths:
         return self.root / "controller"
 
     @property
+    def best_params(self) -> Path:
+        from worldmodels.controller.train import BEST
+
+        return self.controller / BEST
+
+    @property
     def eval(self) -> Path:
         return self.root / "eval.json"
 
@@ -184,7 +190,7 @@ def round_config(config: PipelineConfig, k: int, root: Path) -> PipelineConfig:
         if it.warm_start:
             vae = dataclasses.replace(vae, init=str(before.vae))
             mdrnn = dataclasses.replace(mdrnn, init=str(before.mdrnn))
-            controller = dataclasses.replace(controller, init=str(before.controller / "best.npy"))
+            controller = dataclasses.replace(controller, init=str(before.best_params))
     if k < it.rounds:
         if it.vae_steps is not None:
             vae = dataclasses.replace(vae, max_steps=it.vae_steps)

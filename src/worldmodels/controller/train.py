@@ -152,7 +152,7 @@ def train_controller(
         save_params(out_dir / BEST, state.best_params if state.best_params is not None else latest)
         plot_training_curve(state.history, out_dir / "curve.png")
 
-    settings = es_settings(config, spec)
+    settings = es_settings(config, spec, resume)
     try:
         state = run_es(
             settings,
@@ -262,13 +262,15 @@ def write_controller_json(
     )
 
 
-def es_settings(config: ControllerConfig, spec: ControllerSpec) -> ESSettings:
-    """The CMA-ES loop's settings from a controller config (real or dream fitness alike)."""
+def es_settings(config: ControllerConfig, spec: ControllerSpec, resume: bool = False) -> ESSettings:
+    """The CMA-ES loop's settings from a controller config (real or dream fitness alike).
+    ``init`` is read on a fresh start only: a resumed run continues its saved mean."""
     from worldmodels.agent import load_params
 
+    fresh_init = config.init is not None and not resume
     return ESSettings(
         num_params=spec.num_params,
-        x0=None if config.init is None else load_params(Path(config.init), spec),
+        x0=load_params(Path(config.init), spec) if fresh_init else None,
         popsize=config.popsize,
         sigma0=config.sigma0,
         generations=config.generations,

@@ -245,7 +245,7 @@ def train_in_dream(
         title = f"CMA-ES in M's dream (tau {dream.temperature}); mean-eval in real {dream.env}"
         plot_training_curve(state.history, out_dir / "curve.png", title)
 
-    settings = es_settings(config, spec)
+    settings = es_settings(config, spec, resume)
     try:
         state = run_es(
             settings,
