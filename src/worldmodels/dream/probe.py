@@ -26,6 +26,10 @@ from worldmodels.vision.vae import ConvVAE
 
 HELD = {"left": -1.0, "stay": 0.0, "right": 1.0}  # C's output held; Doom maps it three ways
 MAX_SHIFT = 12  # pixels of 64 searched either way
+# ViZDoom's player accelerates from rest: a held direction moves the scene 0 px after 8 steps,
+# 1 after 12, 5 after 24, 8 after 32 and 12 (the search's limit) after 40, the same from every
+# start; 24 steps is clearly measurable and most held-action games are still running then
+SHIFT_STEPS = 24
 
 
 @dataclass
@@ -165,7 +169,7 @@ def probe_held_actions(
     series_path: str | Path,
     dream: DreamConfig,
     episodes: int = 16,
-    shift_steps: int = 8,
+    shift_steps: int = SHIFT_STEPS,
     max_steps: int | None = None,
     seed: int = 0,
 ) -> HeldActionProbe:
