@@ -234,6 +234,11 @@ def test_doom_smoke_pipeline_trains_in_the_dream_and_scores_in_the_game(doom_run
     assert "VizdoomTakeCover-v1" in report and "dream_vs_real.gif" in report
     assert (doom_run / "controller" / "dream_vs_real.gif").stat().st_size > 1000
     assert (doom_run / "controller" / "dream_vs_real.png").exists()
+    # the held-action probe ran before CMA-ES, the game played beside the dream
+    probe = json.loads((doom_run / "controller" / "held_actions.json").read_text())
+    assert [r["action"] for r in probe["rows"]] == ["left", "stay", "right"]
+    assert all(r["game_length"] >= 1 and r["dream_length"] >= 1 for r in probe["rows"])
+    assert "held actions: " in stages["train-controller"]["summary"]
 
 
 def test_a_second_doom_run_skips_finished_stages(doom_run, capsys):

@@ -307,6 +307,10 @@ def _train_controller(
         )
         steps = f"real {gif.real_steps}, dream {gif.dream_steps} steps"
         line = f"{summary.line()}; {gif.path.name} ({steps}); {summary.check.line()}"
+        if summary.probe is not None:
+            line += "; held actions: " + (
+                "; ".join(summary.probe.warnings()) or "dream and game agree"
+            )
         return StageResult(line, summary.seconds, resume)
     summary = train_controller(
         paths.vae,

@@ -24,6 +24,7 @@ from worldmodels.dream.env import DreamEnv, drive_dreams, load_initial_latents
 from worldmodels.memory.mdrnn import MDNRNN
 from worldmodels.vision.vae import ConvVAE
 
+PROBE_JSON = "held_actions.json"  # the probe run before every Doom dream training
 HELD = {"left": -1.0, "stay": 0.0, "right": 1.0}  # C's output held; Doom maps it three ways
 MAX_SHIFT = 12  # pixels of 64 searched either way
 # ViZDoom's player accelerates from rest: a held direction moves the scene 0 px after 8 steps,

@@ -36,6 +36,7 @@ from worldmodels.controller.train import (
 )
 from worldmodels.dream.check import CHECK_JSON, DreamCheck, replay_in_dream
 from worldmodels.dream.env import InitialLatents, dream_task, load_initial_latents
+from worldmodels.dream.probe import PROBE_JSON, HeldActionProbe, probe_held_actions
 from worldmodels.evolution.cmaes import STATE, ESState, run_es
 from worldmodels.memory.mdrnn import MDNRNN
 from worldmodels.utils.device import pick_device
@@ -69,6 +70,7 @@ class DreamSummary(ControllerSummary):
     temperature: float = 1.15
     best_dream: float = float("nan")
     check: DreamCheck | None = None  # the data's actions replayed in the dream, before CMA-ES
+    probe: HeldActionProbe | None = None  # Doom: left / stay / right held, before CMA-ES
     first_generation_mean: float = float("nan")  # mean dream return of generation 1
     first_generation_warning: str | None = None
 
@@ -224,6 +226,9 @@ def train_in_dream(
     save_config(dream, out_dir / DREAM_JSON)
     write_dream_controller_json(out_dir, spec, vae_path, mdrnn_path, config, dream, series_path)
     check = dream_check(out_dir / CHECK_JSON, mdrnn, series_path, dream, config.seed, progress)
+    probe = None
+    if dream.env == "doom":
+        probe = held_action_check(out_dir / PROBE_JSON, mdrnn, vae, series_path, dream, progress)
     runner = dream_runner(mdrnn, latents, spec, dream, cluster, mdrnn_path)
     fitness = DreamFitness(mdrnn, latents, spec, dream, config.rollouts, config.seed, runner)
     real = RealEvaluation(vae, mdrnn, spec, config, dream.env, device)
@@ -271,6 +276,7 @@ def train_in_dream(
         temperature=dream.temperature,
         best_dream=max((row["best"] for row in state.history), default=float("nan")),
         check=check,
+        probe=probe,
         first_generation_mean=first_mean,
         first_generation_warning=first_generation_warning(first_mean, dream),
     )
@@ -283,6 +289,16 @@ def dream_check(path: Path, mdrnn, series_path, dream: DreamConfig, seed: int, p
     if progress or check.warning():
         print(check.line(), flush=True)
     return check
+
+
+def held_action_check(path: Path, mdrnn, vae, series_path, dream: DreamConfig, progress: bool):
+    """Doom: :func:`probe_held_actions` before training, the table printed when it warns: a
+    held direction that outlives the game's in the dream is what CMA-ES finds first."""
+    probe = probe_held_actions(mdrnn, vae, series_path, dream)
+    atomic_write_json(path, probe.to_dict())
+    if progress or probe.warnings():
+        print(probe.table(), flush=True)
+    return probe
 
 
 class RealEvaluation:
