@@ -228,7 +228,9 @@ def train_in_dream(
     check = dream_check(out_dir / CHECK_JSON, mdrnn, series_path, dream, config.seed, progress)
     probe = None
     if dream.env == "doom":
-        probe = held_action_check(out_dir / PROBE_JSON, mdrnn, vae, series_path, dream, progress)
+        probe = held_action_check(
+            out_dir / PROBE_JSON, mdrnn, vae, series_path, dream, config.seed, progress
+        )
     runner = dream_runner(mdrnn, latents, spec, dream, cluster, mdrnn_path)
     fitness = DreamFitness(mdrnn, latents, spec, dream, config.rollouts, config.seed, runner)
     real = RealEvaluation(vae, mdrnn, spec, config, dream.env, device)
@@ -291,10 +293,13 @@ def dream_check(path: Path, mdrnn, series_path, dream: DreamConfig, seed: int, p
     return check
 
 
-def held_action_check(path: Path, mdrnn, vae, series_path, dream: DreamConfig, progress: bool):
-    """Doom: :func:`probe_held_actions` before training, the table printed when it warns: a
-    held direction that outlives the game's in the dream is what CMA-ES finds first."""
-    probe = probe_held_actions(mdrnn, vae, series_path, dream)
+def held_action_check(
+    path: Path, mdrnn, vae, series_path, dream: DreamConfig, seed: int, progress: bool
+):
+    """Doom: :func:`probe_held_actions` before training (seeded, as :func:`dream_check`), the
+    table printed when it warns: a held direction that outlives the game's in the dream is what
+    CMA-ES finds first."""
+    probe = probe_held_actions(mdrnn, vae, series_path, dream, seed=seed)
     atomic_write_json(path, probe.to_dict())
     if progress or probe.warnings():
         print(probe.table(), flush=True)
