@@ -401,3 +401,70 @@ def test_dream_check_prints_the_held_action_table(doom_run, capsys):
     out = capsys.readouterr().out
     assert "held actions from 2 real starts" in out
     assert all(f"\n{name} " in out for name in ("left", "stay", "right"))
+
+
+def test_driving_counts_directions_switches_and_stretches():
+    from worldmodels.dream.probe import driving
+
+    # left left stay stay right right | right right right right
+    actions = [np.array([-0.9, -0.5, 0.0, 0.2, 0.9, 0.9]), np.full(4, 0.9)]
+    d = driving("game", [6, 4], [True, False], actions)
+    assert (d.left, d.stay, d.right) == (0.2, 0.2, 0.6)
+    assert d.switches == pytest.approx(100 * 2 / 10)  # two changes in ten steps
+    assert d.mean_hold == pytest.approx(10 / 4)  # four stretches: 2, 2, 2 and 4 steps
+    assert d.deaths == 0.5 and d.length == 5.0
+
+
+def never_killing_copy(mdrnn):
+    """The same M with its done head silenced: its dreams never end before the limit."""
+    import copy
+
+    m = copy.deepcopy(mdrnn)
+    with torch.no_grad():
+        m.head.weight[-1] = 0.0
+        m.head.bias[-1] = -20.0
+    return m.eval()
+
+
+def test_controller_probe_plays_c_in_the_game_as_evaluation_does(doom_run):
+    """The probe's game is the real game played by the agent (the lengths of `evaluate` on
+    the same seeds); a dream that never kills is flagged, for C and for its replayed actions."""
+    from worldmodels.agent import Agent
+    from worldmodels.config import DreamConfig
+    from worldmodels.controller.evaluate import evaluate_agent
+    from worldmodels.dream.probe import _episode_seeds, probe_controller
+    from worldmodels.memory.data import open_series
+    from worldmodels.memory.train import load_mdrnn
+
+    agent = Agent.load(doom_run, device="cpu")
+    series = doom_run / "series"
+    m = never_killing_copy(load_mdrnn(doom_run / "mdrnn" / "mdrnn.pt", "cpu"))
+    dream = DreamConfig(temperature=1.0, max_steps=1000)
+    probe = probe_controller(agent, m, series, dream, episodes=2)
+    game, dreamt, replay = probe.rows
+    assert [r.where for r in probe.rows] == ["game", "dream", "dream, game's actions"]
+    store = open_series(series, m.z_size, m.action_size).store
+    seeds = _episode_seeds(store, [0, len(store) - 1])
+    for seed, length in zip(seeds, game.lengths, strict=True):
+        ev = evaluate_agent(agent, 1, seed, num_envs=1, max_steps=1000, progress=False)
+        assert ev.returns[0] == length  # +1 a step survived: the return is the length
+    assert game.deaths == 1.0 and game.length < 1000 / 1.5  # the game kills, soon
+    assert dreamt.lengths == [1000, 1000] and replay.lengths == [1000, 1000]
+    assert dreamt.deaths == 0 and replay.deaths == 0
+    for r in probe.rows:
+        assert r.left + r.stay + r.right == pytest.approx(1.0)
+    assert probe.warnings() == [
+        f"C survives {1000 / game.length:.1f}x longer in the dream than in the game"
+    ]
+    assert "WARNING: C survives" in probe.table()
+
+
+def test_dream_check_prints_the_controller_table(doom_run, capsys):
+    args = ["dream-check", "--mdrnn", str(doom_run / "mdrnn" / "mdrnn.pt")]
+    args += ["--series", str(doom_run / "series"), "--dream-max-steps", "100"]
+    args += ["--controller", str(doom_run), "--probe-episodes", "2"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "the controller from 2 real starts" in out
+    assert all(f"\n{where} " in out for where in ("game", "dream", "dream, game's actions"))
+    assert "note:" not in out  # the run's own M

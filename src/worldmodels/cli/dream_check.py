@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from worldmodels.cli import positive_int
 from worldmodels.config import DreamConfig
 
@@ -33,7 +35,17 @@ def add_arguments(p) -> None:
     )
     p.add_argument("--vae", help="V (vae.pt), to decode the dream for --held-actions")
     p.add_argument(
-        "--probe-episodes", type=positive_int, default=16, help="real starts for --held-actions"
+        "--controller",
+        metavar="RUN",
+        help="Doom: also play this run's controller (its V, M and best.npy) from the same real "
+        "starts in the game and in the dream, and replay its game actions in the dream: how "
+        "long each lasts and how C steers",
+    )
+    p.add_argument(
+        "--probe-episodes",
+        type=positive_int,
+        default=16,
+        help="real starts for --held-actions and --controller",
     )
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
@@ -48,6 +60,13 @@ def run(args) -> int:
         raise ValueError("--held-actions needs --vae (to decode the dream's view)")
     device = pick_device(args.device)
     mdrnn = load_mdrnn(args.mdrnn, device)
+    agent = None
+    if args.controller:
+        from worldmodels.agent import Agent
+
+        agent = Agent.load(args.controller, device=args.device)
+        if agent.mdrnn_path is None or agent.mdrnn_path.resolve() != Path(args.mdrnn).resolve():
+            print(f"note: {args.controller}'s C reads M {agent.mdrnn_path}; dreams in {args.mdrnn}")
     for tau in args.temperature:
         dream = DreamConfig(temperature=tau, max_steps=args.dream_max_steps)
         dream.validate()
@@ -61,4 +80,11 @@ def run(args) -> int:
                 mdrnn, vae, args.series, dream, args.probe_episodes, seed=args.seed
             )
             print(probe.table())
+        if agent is not None:
+            from worldmodels.dream.probe import probe_controller
+
+            driven = probe_controller(
+                agent, mdrnn, args.series, dream, args.probe_episodes, seed=args.seed
+            )
+            print(driven.table())
     return 0

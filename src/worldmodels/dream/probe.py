@@ -8,6 +8,10 @@ long each survives, how often it dies, and where the view moves: the horizontal 
 scene after ``shift_steps`` steps, measured on the 64x64 frames (the game's, preprocessed;
 the dream's, decoded by V). A dream whose survival under a held action is more than 1.5x the
 game's (or less than 1/1.5x), or whose view moves the other way, gets a warning.
+
+The controller probe asks the same of a trained C: from the same real starts it plays the game,
+the dream, and the game's own action sequences replayed open loop in the dream, and sets side
+by side how long each lasts and how C steers (direction shares, switches, stretch lengths).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import torch
 
 from worldmodels.config import DreamConfig
 from worldmodels.dream.check import TOO_FAR, evenly_spaced
-from worldmodels.dream.env import DreamEnv, drive_dreams, load_initial_latents
+from worldmodels.dream.env import OBS_MODE_OF, DreamEnv, drive_dreams, load_initial_latents
 from worldmodels.memory.mdrnn import MDNRNN
 from worldmodels.vision.vae import ConvVAE
 
@@ -210,3 +214,204 @@ def probe_held_actions(
             )
         )
     return HeldActionProbe(len(picked), dream.temperature, shift_steps, rows)
+
+
+# ------------------------------------------------------------------ C's own driving
+@dataclass
+class Driving:
+    """How a controller drove a set of episodes: how long they lasted and how it steered."""
+
+    where: str  # "game", "dream", or "dream, game's actions": the game's sequences replayed
+    lengths: list[int]
+    deaths: float  # fraction of episodes ended by a death
+    left: float  # fractions of all steps in each direction
+    stay: float
+    right: float
+    switches: float  # changes of direction per 100 steps
+    mean_hold: float  # steps per stretch of one direction
+
+    @property
+    def length(self) -> float:
+        return float(np.mean(self.lengths))
+
+
+def driving(where: str, lengths, died, actions: list[np.ndarray]) -> Driving:
+    """Summary of episodes whose per-step actions (C's tanh outputs) are ``actions``."""
+    from worldmodels.controller.model import doom_direction
+
+    directions = [doom_direction(np.asarray(a, np.float32)) for a in actions if len(a)]
+    steps = sum(len(d) for d in directions)
+    pooled = np.concatenate(directions) if directions else np.zeros(0, np.int64)
+    changes = sum(int(np.count_nonzero(np.diff(d))) for d in directions)
+    stretches = changes + len(directions)  # each episode's first stretch, then one per change
+    return Driving(
+        where,
+        lengths=[int(n) for n in lengths],
+        deaths=float(np.mean(died)),
+        left=float(np.mean(pooled == -1)) if steps else 0.0,
+        stay=float(np.mean(pooled == 0)) if steps else 0.0,
+        right=float(np.mean(pooled == 1)) if steps else 0.0,
+        switches=100.0 * changes / max(steps, 1),
+        mean_hold=steps / max(stretches, 1),
+    )
+
+
+@dataclass
+class ControllerProbe:
+    """A controller from the same real starts in the game, in the dream, and the game's own
+    action sequences replayed in the dream (open loop: C does not react to the dream)."""
+
+    episodes: int
+    temperature: float
+    rows: list[Driving]
+
+    def row(self, where: str) -> Driving:
+        return next(r for r in self.rows if r.where == where)
+
+    def warnings(self) -> list[str]:
+        game, dream = self.row("game"), self.row("dream")
+        ratio = dream.length / max(game.length, 1e-9)
+        if 1 / TOO_FAR <= ratio <= TOO_FAR:
+            return []
+        longer = "longer" if ratio > 1 else "shorter"
+        return [f"C survives {ratio:.1f}x {longer} in the dream than in the game"]
+
+    def table(self) -> str:
+        lines = [
+            f"the controller from {self.episodes} real starts (tau {self.temperature})",
+            f"{'where':<22} {'steps':>6} {'deaths':>6} {'left':>5} {'stay':>5} {'right':>5} "
+            f"{'switches/100':>12} {'mean hold':>9}",
+        ]
+        for r in self.rows:
+            lines.append(
+                f"{r.where:<22} {r.length:>6.0f} {r.deaths:>6.0%} {r.left:>5.0%} {r.stay:>5.0%} "
+                f"{r.right:>5.0%} {r.switches:>12.1f} {r.mean_hold:>9.1f}"
+            )
+        lines += [f"WARNING: {w}: C exploits M" for w in self.warnings()]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "warnings": self.warnings()}
+
+
+def play_controller_in_game(agent, seeds: list[int], max_steps: int):
+    """The agent plays each seed's game to its end: lengths, deaths, C's actions per step."""
+    from worldmodels.envs import make_vec_env
+
+    n = len(seeds)
+    lengths, died = np.zeros(n, np.int64), np.zeros(n, bool)
+    taken: list[list[float]] = [[] for _ in range(n)]
+    with make_vec_env("doom", num_envs=n, max_steps=max_steps, quiet=True) as env:
+        obs = env.reset(seeds=seeds)
+        agent.reset(n, seeds)  # z's noise seeded by the episode's seed, as in evaluation
+        running = np.ones(n, bool)
+        while running.any():
+            ids = np.flatnonzero(running)
+            actions = np.zeros((n, agent.spec.action_size), np.float32)
+            actions[ids] = agent.act(obs[ids], ids)
+            result = env.step(actions, running)
+            for i in ids:
+                taken[i].append(float(actions[i, 0]))
+            lengths[ids] += 1
+            died |= result.terminated & running
+            running &= ~(result.terminated | result.truncated)
+            obs = result.obs
+    return lengths, died, [np.array(t, np.float32) for t in taken]
+
+
+def _per_row(steps: list[tuple[np.ndarray, np.ndarray]], n: int) -> list[np.ndarray]:
+    """Per-row action sequences from ``(rows, actions)`` recorded step by step."""
+    rows: list[list[float]] = [[] for _ in range(n)]
+    for ids, values in steps:
+        for i, v in zip(ids, values, strict=True):
+            rows[i].append(float(v))
+    return [np.array(r, np.float32) for r in rows]
+
+
+@torch.no_grad()
+def dream_controller(env: DreamEnv, params: np.ndarray, spec, picked):
+    """The controller ``params`` in one dream per start: lengths, deaths, actions per step."""
+    from worldmodels.controller.model import controller_actions
+
+    rows = torch.as_tensor(params, dtype=env.z.dtype, device=env.device)
+    rows = rows.expand(env.num_envs, -1)
+    actions = torch.zeros(env.num_envs, env.action_size, device=env.device, dtype=env.z.dtype)
+    steps = []
+
+    def act(ids, obs, taken):
+        actions[ids] = controller_actions(rows[ids], obs[ids], spec)
+        steps.append((ids.cpu().numpy(), actions[ids, 0].float().cpu().numpy()))
+        return actions
+
+    dreams = drive_dreams(env, act, torch.as_tensor(picked))
+    return dreams.lengths.numpy(), dreams.died.numpy(), _per_row(steps, env.num_envs)
+
+
+@torch.no_grad()
+def dream_replay(env: DreamEnv, picked, sequences: list[np.ndarray]):
+    """Each start's dream driven by a fixed action sequence (its last action held after it
+    ends): lengths, deaths, the actions taken."""
+    width = max(max(len(s) for s in sequences), 1)
+    table = np.zeros((env.num_envs, width), np.float32)
+    for i, s in enumerate(sequences):
+        if len(s):
+            table[i, : len(s)] = s
+            table[i, len(s) :] = s[-1]
+    table_t = torch.as_tensor(table, device=env.device, dtype=env.z.dtype)
+    every = torch.arange(env.num_envs, device=env.device)
+    steps = []
+
+    def act(ids, obs, taken):
+        now = table_t[every, taken.clamp(max=width - 1)].unsqueeze(1)
+        steps.append((ids.cpu().numpy(), now[ids, 0].float().cpu().numpy()))
+        return now.expand(-1, env.action_size)
+
+    dreams = drive_dreams(env, act, torch.as_tensor(picked))
+    return dreams.lengths.numpy(), dreams.died.numpy(), _per_row(steps, env.num_envs)
+
+
+def probe_controller(
+    agent,
+    mdrnn: MDNRNN,
+    series_path: str | Path,
+    dream: DreamConfig,
+    episodes: int = 16,
+    max_steps: int | None = None,
+    seed: int = 0,
+) -> ControllerProbe:
+    """A Doom agent (``Agent``) from up to ``episodes`` real starts of the series store: in the
+    game (the starts' seeds), in ``mdrnn``'s dream, and its game actions replayed in the dream.
+    A dream that C outlives far longer than the game is a dream C exploits; the replay tells
+    whether the actions alone survive there (M mis-models what C does) or whether C survives
+    by reacting to the dream's own state."""
+    from worldmodels.memory.data import open_series
+
+    if agent.env != "doom":
+        raise ValueError(f"the controller probe is for Doom agents; this one plays {agent.env}")
+    info = open_series(series_path, mdrnn.z_size, mdrnn.action_size)
+    picked = evenly_spaced(len(info.store), episodes)
+    seeds = _episode_seeds(info.store, picked)
+    latents = load_initial_latents(series_path, mdrnn.z_size, mdrnn.action_size)
+    limit = max_steps or dream.max_steps
+
+    def env(obs_mode: str) -> DreamEnv:
+        return DreamEnv(
+            mdrnn,
+            latents,
+            len(picked),
+            temperature=dream.temperature,
+            max_steps=limit,
+            obs_mode=obs_mode,
+            done_threshold=dream.done_threshold,
+            seed=seed,
+        )
+
+    game = play_controller_in_game(agent, seeds, limit)
+    dreamt = dream_controller(env(OBS_MODE_OF[agent.spec.mode]), agent.params, agent.spec, picked)
+    replayed = dream_replay(env("z"), picked, game[2])
+    rows = [
+        driving("game", *game),
+        driving("dream", *dreamt),
+        driving("dream, game's actions", *replayed),
+    ]
+    return ControllerProbe(len(picked), dream.temperature, rows)
