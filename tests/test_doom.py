@@ -468,3 +468,41 @@ def test_dream_check_prints_the_controller_table(doom_run, capsys):
     assert "the controller from 2 real starts" in out
     assert all(f"\n{where} " in out for where in ("game", "dream", "dream, game's actions"))
     assert "note:" not in out  # the run's own M
+
+
+def test_doom_controllers_may_read_less_of_m():
+    """A named deviation: Doom's C on [z, h] or z alone, still one tanh output and no bias;
+    modes that do not fit the game are refused."""
+    from worldmodels.config import ControllerConfig
+
+    for mode, size in (("zh", 64 + 512), ("z", 64)):
+        spec = ControllerSpec.doom(64, 512, mode)
+        assert spec.num_params == size and spec.input_size == size
+        params, x = torch.randn(5, size), torch.randn(5, size)
+        expected = torch.tanh(torch.einsum("ni,ni->n", x, params))[:, None]
+        torch.testing.assert_close(controller_actions(params, x, spec), expected)
+        ControllerConfig(env="doom", mode=mode).validate()
+    with pytest.raises(ValueError, match="a Doom controller"):
+        ControllerSpec.doom(64, 512, "z_hidden")
+    with pytest.raises(ValueError, match="mode"):
+        ControllerConfig(env="doom", mode="z_hidden").validate()
+    with pytest.raises(ValueError, match="mode 'zch' is Doom's"):
+        ControllerConfig(env="carracing", mode="zch").validate()
+
+
+def test_a_doom_c_on_z_alone_trains_in_the_dream_and_plays_without_m(doom_run, tmp_path, capsys):
+    from worldmodels.agent import Agent
+
+    out = tmp_path / "z"
+    args = ["dream-train", "--mdrnn", str(doom_run / "mdrnn" / "mdrnn.pt")]
+    args += ["--series", str(doom_run / "series"), "--vae", str(doom_run / "vae" / "vae.pt")]
+    args += ["--out", str(out), "--mode", "z", "--popsize", "4", "--rollouts", "2"]
+    args += ["--generations", "2", "--dream-max-steps", "30", "--eval-every", "0"]
+    assert main([*args, "--no-progress", "--gif", str(tmp_path / "z.gif")]) == 0
+    assert f"{tmp_path / 'z.gif'}: real game" in capsys.readouterr().out  # dreamt in M
+    assert (tmp_path / "z.gif").exists()
+    agent = Agent.load(out, device="cpu")
+    assert agent.spec.mode == "z" and agent.spec.num_params == 64
+    assert agent.policy.mdrnn is None  # in the game C needs only V
+    assert main(["evaluate", str(out), "--episodes", "2", "--max-steps", "60"]) == 0
+    assert json.loads((out / "eval.json").read_text())["mean"] > 0

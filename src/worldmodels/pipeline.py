@@ -287,6 +287,7 @@ def _train_controller(
         from worldmodels.agent import Agent
         from worldmodels.dream.pictures import dream_beside_real
         from worldmodels.dream.train import train_in_dream
+        from worldmodels.memory.train import load_mdrnn
 
         summary = train_in_dream(
             paths.mdrnn,
@@ -299,8 +300,10 @@ def _train_controller(
             progress=progress,
             cluster=cluster,
         )
+        agent = Agent.load(paths.root, device=config.controller.device)
         gif = dream_beside_real(
-            Agent.load(paths.root, device=config.controller.device),
+            agent,
+            load_mdrnn(paths.mdrnn, agent.policy.device),
             paths.controller / "dream_vs_real.gif",
             temperature=config.dream.temperature,
             max_steps=min(config.dream.max_steps, 300),

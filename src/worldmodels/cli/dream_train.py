@@ -122,9 +122,12 @@ def run(args) -> int:
     if args.gif:
         from worldmodels.agent import Agent
         from worldmodels.dream.pictures import dream_beside_real
+        from worldmodels.memory.train import load_mdrnn
 
+        agent = Agent.load(args.out, device=args.device)
         made = dream_beside_real(
-            Agent.load(args.out, device=args.device),
+            agent,
+            load_mdrnn(args.mdrnn, agent.policy.device),
             args.gif,
             temperature=dream.temperature,
             max_steps=min(dream.max_steps, controller.max_steps),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from worldmodels.cli import add_ray_arguments, positive_int, ray_settings
 from worldmodels.config import ControllerConfig
-from worldmodels.controller.model import MODES
+from worldmodels.controller.model import ALL_MODES
 
 NAME = "train-controller"
 HELP = "Evolve the controller with CMA-ES through the batched rollout engine (resumable)."
@@ -20,13 +20,14 @@ def add_arguments(p) -> None:
         default=d.env,
         choices=("carracing", "doom"),
         help="the game: doom evolves the paper's Doom C ([z, c, h] -> 1) in real ViZDoom games "
-        "(the reference for C trained in the dream); it implies --mode zch and --max-steps 2100",
+        "(the reference for C trained in the dream); it implies --max-steps 2100 and, by "
+        "default, --mode zch",
     )
     p.add_argument(
         "--mode",
         default=None,
-        choices=(*MODES, "zch"),
-        help="controller inputs (default zh; Doom: zch)",
+        choices=ALL_MODES,
+        help="controller inputs (default zh; Doom: zch, or zh / z, a deviation)",
     )
     p.add_argument("--popsize", type=positive_int, default=d.popsize)
     p.add_argument("--sigma0", type=float, default=d.sigma0)

@@ -4,7 +4,9 @@ The paper's controller is linear with bias on [z (32), h (256)]: 867 parameters.
 paper's ablations, ``mode="z"`` sees z alone (V only) and ``mode="z_hidden"`` puts one tanh
 hidden layer between z and the actions. ``mode="zch"`` is the paper's Doom controller:
 linear, no bias, on [z (64), c (512), h (512)] (M's LSTM cell and hidden state) to one tanh
-output, 1,088 parameters, mapped to left / stay / right by :func:`doom_direction`.
+output, 1,088 parameters, mapped to left / stay / right by :func:`doom_direction`. A Doom C
+(``action_size=1``) may also read less, a named deviation: ``"zh"`` ([z, h], 576) or ``"z"``
+(z alone, 64), with the same single tanh output and no bias.
 CMA-ES searches over the flat parameter vector, and the rollout engine runs a *different*
 vector in every environment slot, so the forward pass takes one parameter row per input row.
 """
@@ -18,8 +20,9 @@ import torch
 from torch import Tensor
 
 MODES = ("zh", "z", "z_hidden")  # CarRacing: three squashed actions
-DOOM_MODES = ("zch",)  # Doom TakeCover: one tanh output, no bias
-ALL_MODES = MODES + DOOM_MODES
+# Doom TakeCover: one tanh output, no bias; zch is the paper's, zh and z read less of M
+DOOM_MODES = ("zch", "zh", "z")
+ALL_MODES = ("zh", "z", "z_hidden", "zch")
 DOOM_THRESHOLD = 1 / 3  # tanh output < -1/3: left, > 1/3: right, else stay (the paper's)
 
 
@@ -34,18 +37,28 @@ class ControllerSpec:
     def __post_init__(self):
         if self.mode not in ALL_MODES:
             raise ValueError(f"unknown controller mode {self.mode!r}; choose one of {ALL_MODES}")
-        if self.mode in DOOM_MODES and self.action_size != 1:
+        if self.is_doom and self.mode not in DOOM_MODES:
+            raise ValueError(
+                f"a Doom controller (action_size=1) reads one of {DOOM_MODES}, got {self.mode!r}"
+            )
+        if not self.is_doom and self.mode not in MODES:
             raise ValueError(
                 f"controller mode {self.mode!r} has one output (action_size=1), got "
                 f"action_size={self.action_size}; use ControllerSpec.doom()"
             )
-        if self.mode in MODES and self.action_size != 3:
+        if not self.is_doom and self.action_size != 3:
             raise ValueError(f"controller mode {self.mode!r} drives CarRacing's 3 actions")
 
     @classmethod
-    def doom(cls, z_size: int = 64, hidden_size: int = 512) -> ControllerSpec:
-        """The paper's Doom controller: [z, c, h] -> 1, tanh, no bias (1,088 at 64 + 2 x 512)."""
-        return cls(z_size=z_size, hidden_size=hidden_size, mode="zch", action_size=1)
+    def doom(cls, z_size: int = 64, hidden_size: int = 512, mode: str = "zch") -> ControllerSpec:
+        """Doom's controller: the paper's [z, c, h] -> 1, tanh, no bias (1,088 at 64 + 2 x 512),
+        or the same on [z, h] or z alone (``mode``)."""
+        return cls(z_size=z_size, hidden_size=hidden_size, mode=mode, action_size=1)
+
+    @property
+    def is_doom(self) -> bool:
+        """One tanh output: Doom's left / stay / right."""
+        return self.action_size == 1
 
     @property
     def uses_memory(self) -> bool:
@@ -58,7 +71,7 @@ class ControllerSpec:
 
     @property
     def has_bias(self) -> bool:
-        return self.mode != "zch"
+        return not self.is_doom  # the paper's Doom C has none
 
     @property
     def input_size(self) -> int:
@@ -83,7 +96,7 @@ class ControllerSpec:
 def action_box(spec: ControllerSpec) -> tuple[np.ndarray, np.ndarray]:
     """The lowest and highest action C can give: CarRacing's (steer, gas, brake) box, or
     [-1, 1] for Doom's single tanh output (float32)."""
-    if spec.mode in DOOM_MODES:
+    if spec.is_doom:
         return np.array([-1.0], np.float32), np.array([1.0], np.float32)
     return np.array([-1.0, 0.0, 0.0], np.float32), np.array([1.0, 1.0, 1.0], np.float32)
 
@@ -108,7 +121,7 @@ def controller_actions(params: Tensor, x: Tensor, spec: ControllerSpec) -> Tenso
     """Actions (N, A) for inputs ``x`` (N, input_size), row i using parameter row ``params[i]``.
 
     Each layer's parameters are a weight (n_in, n_out), row-major, then a bias (n_out) unless
-    the mode has none ("zch"). CarRacing modes give (N, 3) squashed actions, "zch" (N, 1) tanh.
+    the controller has none (Doom's). CarRacing's give (N, 3) squashed actions, Doom's (N, 1) tanh.
     """
     if params.shape[-1] != spec.num_params:
         raise ValueError(
@@ -126,7 +139,7 @@ def controller_actions(params: Tensor, x: Tensor, spec: ControllerSpec) -> Tenso
             offset += n_out
         if layer < len(spec.layer_sizes) - 1:
             h = torch.tanh(h)
-    return torch.tanh(h) if spec.mode in DOOM_MODES else squash_actions(h)
+    return torch.tanh(h) if spec.is_doom else squash_actions(h)
 
 
 def check_params(

@@ -106,7 +106,7 @@ def train_controller(
     mdrnn = load_mdrnn(mdrnn_path, device) if config.mode in ("zh", "zch") else None
     hidden = mdrnn.hidden_size if mdrnn is not None else 256
     if config.env == "doom":
-        spec = ControllerSpec.doom(vae.z_size, hidden)
+        spec = ControllerSpec.doom(vae.z_size, hidden, config.mode)
     else:
         spec = ControllerSpec(z_size=vae.z_size, hidden_size=hidden, mode=config.mode)
     policy = WorldModelPolicy(

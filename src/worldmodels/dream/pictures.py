@@ -45,10 +45,13 @@ def real_episode(agent, seed: int, max_steps: int) -> np.ndarray:
 
 
 @torch.no_grad()
-def dream_episode(agent, first_frame: np.ndarray, temperature: float, max_steps: int, seed: int):
-    """V's decoding of every step of a dream that starts from ``first_frame`` (64x64)."""
+def dream_episode(
+    agent, mdrnn, first_frame: np.ndarray, temperature: float, max_steps: int, seed: int
+):
+    """V's decoding of every step of a dream in ``mdrnn`` from ``first_frame`` (64x64)."""
     policy = agent.policy
-    vae, mdrnn, spec = policy.vae, policy.mdrnn, policy.spec
+    vae, spec = policy.vae, policy.spec
+    mdrnn = mdrnn.to(policy.device).eval()
     mu, logvar = vae.encode(frames_to_input(first_frame[None], policy.device))
     latents = InitialLatents(mu.float(), logvar.float(), "the real first frame")
     env = DreamEnv(mdrnn, latents, 1, temperature, max_steps, OBS_MODE_OF[spec.mode], seed=seed)
@@ -73,6 +76,7 @@ def _pad(frames: np.ndarray, length: int) -> np.ndarray:
 
 def dream_beside_real(
     agent,
+    mdrnn,
     path: str | Path,
     temperature: float = 1.15,
     seed: int = 0,
@@ -81,11 +85,10 @@ def dream_beside_real(
     every: int = 2,
 ) -> DreamGif:
     """Write the GIF (every ``every``-th step, 25 fps) and a PNG strip beside it; returns
-    where, and how long each episode ran."""
-    if not agent.spec.uses_memory:
-        raise ValueError(f"controller mode {agent.spec.mode!r} has no M to dream with")
+    where, and how long each episode ran. ``mdrnn``: the M that dreams (C trained in the
+    dream reads it, or, in modes without memory, only its sampled z)."""
     real = real_episode(agent, seed, max_steps)
-    dream = dream_episode(agent, real[0], temperature, max_steps, seed)
+    dream = dream_episode(agent, mdrnn, real[0], temperature, max_steps, seed)
     length = max(len(real), len(dream))
     rows = {
         "real game": _pad(real, length)[::every],

@@ -100,9 +100,10 @@ def first_generation_warning(mean_return: float, dream: DreamConfig) -> str | No
 
 
 def controller_spec(mode: str, mdrnn: MDNRNN) -> ControllerSpec:
-    """C's shape for ``mode`` on top of this M (Doom's "zch": [z, c, h] -> 1, no bias)."""
-    if mode == "zch":
-        return ControllerSpec.doom(mdrnn.z_size, mdrnn.hidden_size)
+    """C's shape for ``mode`` on top of this M: Doom's (one tanh output, no bias: the paper's
+    "zch" is [z, c, h] -> 1) for an M of one action, CarRacing's otherwise."""
+    if mdrnn.action_size == 1:
+        return ControllerSpec.doom(mdrnn.z_size, mdrnn.hidden_size, mode)
     return ControllerSpec(z_size=mdrnn.z_size, hidden_size=mdrnn.hidden_size, mode=mode)
 
 
