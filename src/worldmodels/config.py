@@ -453,8 +453,9 @@ PRESETS: dict[str, PipelineConfig] = {
     "laptop-iter": dataclasses.replace(LAPTOP, iterate=IterateConfig(rounds=2)),
     # the iterative procedure in 2 hours on 2 cores: round 1 is the laptop run with 60 min of
     # CMA-ES; round 2 (warm_start, a deviation) fine-tunes round 1's V for 800 steps and M for
-    # 600 on the agent's data and refines round 1's C for 25 min. Measured 813.9, 790.6 and
-    # 797.1 (round 2 on three seeds, README); cold, round 2 at 30 min gave 782.3, 12 min 664.2
+    # 600 on the agent's data and refines round 1's C for 25 min. Measured 863.0 (a whole run
+    # from scratch, 115.6 min), and 813.9, 790.6, 797.1 (round 2 on three seeds over one round
+    # 1; README); cold, round 2 at 30 min gave 782.3, 12 min 664.2
     "laptop-2h": dataclasses.replace(
         LAPTOP,
         vae=dataclasses.replace(LAPTOP_VAE, max_steps=800),
