@@ -330,8 +330,8 @@ def test_the_real_game_reference_evolves_doom_c_in_vizdoom(doom_run, tmp_path, c
     ev = json.loads((out / "eval.json").read_text())
     assert ev["env_id"] == "VizdoomTakeCover-v1"
     capsys.readouterr()
-    assert main([*args[:-1], "--mode", "zh", *models]) == 2  # CarRacing's C in Doom: refused
-    assert "mode 'zch' is Doom's controller" in capsys.readouterr().err
+    assert main([*args[:-1], "--mode", "z_hidden", *models]) == 2  # CarRacing's only: refused
+    assert "unknown mode 'z_hidden'; choose one of zch, zh, z" in capsys.readouterr().err
 
 
 def test_horizontal_shift_finds_how_far_the_scene_moved():

@@ -65,8 +65,9 @@ def run(args) -> int:
         from worldmodels.agent import Agent
 
         agent = Agent.load(args.controller, device=args.device)
-        if agent.mdrnn_path is None or agent.mdrnn_path.resolve() != Path(args.mdrnn).resolve():
-            print(f"note: {args.controller}'s C reads M {agent.mdrnn_path}; dreams in {args.mdrnn}")
+        own = agent.mdrnn_path
+        if own is not None and own.resolve() != Path(args.mdrnn).resolve():
+            print(f"note: {args.controller}'s C reads M {own}; dreams in {args.mdrnn}")
     for tau in args.temperature:
         dream = DreamConfig(temperature=tau, max_steps=args.dream_max_steps)
         dream.validate()
