@@ -202,7 +202,7 @@ class ControllerConfig:
     """Evolving C with CMA-ES (paper: pop 64, 16 rollouts each, sigma0 0.1, 1,800 generations)."""
 
     # zh | z | z_hidden (the paper's ablations); Doom: zch, the paper's [z, c, h] -> 1, or the
-    # same on zh or z (a named deviation: C cannot read the state M's done head reads)
+    # same on zh (no cell state) or z (none of M's state): a named deviation
     mode: str = "zh"
     popsize: int = 64
     sigma0: float = 0.1
