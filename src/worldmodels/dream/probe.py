@@ -108,6 +108,20 @@ def horizontal_shift(before: np.ndarray, after: np.ndarray) -> float:
     return float(best)
 
 
+def probe_dreams(mdrnn, latents, n: int, dream: DreamConfig, limit: int, obs_mode: str, seed: int):
+    """``n`` dreams at ``dream``'s temperature and done threshold, up to ``limit`` steps."""
+    return DreamEnv(
+        mdrnn,
+        latents,
+        n,
+        temperature=dream.temperature,
+        max_steps=limit,
+        obs_mode=obs_mode,
+        done_threshold=dream.done_threshold,
+        seed=seed,
+    )
+
+
 def _mean_or_zero(values: np.ndarray) -> float:
     """Mean over the rows that lived long enough to measure; 0 when none did."""
     values = values[np.isfinite(values)]
@@ -190,16 +204,7 @@ def probe_held_actions(
     limit = max_steps or dream.max_steps
     rows = []
     for name, action in HELD.items():
-        env = DreamEnv(
-            mdrnn,
-            latents,
-            len(picked),
-            temperature=dream.temperature,
-            max_steps=limit,
-            obs_mode="z",
-            done_threshold=dream.done_threshold,
-            seed=seed,
-        )
+        env = probe_dreams(mdrnn, latents, len(picked), dream, limit, "z", seed)
         d_len, d_died, d_shift = dream_held(env, vae, picked, action, shift_steps)
         g_len, g_died, g_shift = play_held_in_game(seeds, action, limit, shift_steps)
         rows.append(
@@ -394,21 +399,13 @@ def probe_controller(
     latents = load_initial_latents(series_path, mdrnn.z_size, mdrnn.action_size)
     limit = max_steps or dream.max_steps
 
-    def env(obs_mode: str) -> DreamEnv:
-        return DreamEnv(
-            mdrnn,
-            latents,
-            len(picked),
-            temperature=dream.temperature,
-            max_steps=limit,
-            obs_mode=obs_mode,
-            done_threshold=dream.done_threshold,
-            seed=seed,
-        )
-
     game = play_controller_in_game(agent, seeds, limit)
-    dreamt = dream_controller(env(OBS_MODE_OF[agent.spec.mode]), agent.params, agent.spec, picked)
-    replayed = dream_replay(env("z"), picked, game[2])
+    n = len(picked)
+    controlled = probe_dreams(mdrnn, latents, n, dream, limit, OBS_MODE_OF[agent.spec.mode], seed)
+    dreamt = dream_controller(controlled, agent.params, agent.spec, picked)
+    replayed = dream_replay(
+        probe_dreams(mdrnn, latents, n, dream, limit, "z", seed), picked, game[2]
+    )
     rows = [
         driving("game", *game),
         driving("dream", *dreamt),
