@@ -89,6 +89,25 @@ def test_the_step_limit_truncates_and_slots_stay_apart():
             env.step(np.zeros(2))
 
 
+def test_games_started_together_find_vizdooms_folder_made(monkeypatch, tmp_path):
+    """Two games starting at once in a folder without ./_vizdoom race to make it and one
+    engine dies (a collect in a fresh folder crashed so): the folder exists before any game."""
+    import worldmodels.envs.doom as doom_module
+
+    monkeypatch.chdir(tmp_path)
+    folder_made = []
+    real_workers = doom_module.EnvWorkers
+
+    def workers_noting_the_folder(*args, **kwargs):
+        folder_made.append((tmp_path / "_vizdoom").is_dir())
+        return real_workers(*args, **kwargs)
+
+    monkeypatch.setattr(doom_module, "EnvWorkers", workers_noting_the_folder)
+    with VecDoom(num_envs=2, max_steps=20, workers=2) as env:
+        assert env.reset(seeds=[1, 2]).shape[0] == 2
+    assert folder_made == [True]
+
+
 def test_actions_map_three_ways_and_frames_shrink_to_64():
     a = np.array([-1.0, -0.34, -0.33, 0.0, 0.33, 0.34, 1.0])
     assert doom_direction(a).tolist() == [-1, -1, 0, 0, 0, 1, 1]

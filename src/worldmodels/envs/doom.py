@@ -19,6 +19,7 @@ scenario default; the paper rendered 480x640); :func:`preprocess_doom_frames` ke
 from __future__ import annotations
 
 import importlib.util
+import os
 
 import numpy as np
 
@@ -115,6 +116,9 @@ class VecDoom:
         self.num_envs = num_envs
         self.max_steps = max_steps
         self._obs = np.zeros((num_envs, *OBS_SHAPE), dtype=np.uint8)
+        # each game's engine makes ./_vizdoom at start unless it exists; two games starting
+        # at once in a folder without it race, and the loser dies (SIGSEGV, seen on collect)
+        os.makedirs("_vizdoom", exist_ok=True)
         self._pool = EnvWorkers("ViZDoom", _Game, _play, num_envs, max_steps, workers)
         self.workers = self._pool.workers
 
