@@ -136,26 +136,55 @@ def _episode_seeds(store, picked) -> list[int]:
     return seeds
 
 
-def play_held_in_game(seeds: list[int], action: float, max_steps: int, shift_steps: int):
-    """Each seed's game with ``action`` held: lengths, deaths, and the view shifts."""
+def play_in_game(seeds: list[int], max_steps: int, act, seen=None):
+    """Each seed's game to its end (or ``max_steps``): lengths and deaths.
+
+    ``act(obs, ids)`` gives the running games' actions (len(ids), 1) from the raw screens;
+    ``seen(t, obs, ids)``, if given, sees the screens after the reset (t = 0, every game) and
+    after each step t (the games that took it).
+    """
     from worldmodels.envs import make_vec_env
 
     n = len(seeds)
-    lengths, died, shifts = np.zeros(n), np.zeros(n, bool), np.full(n, np.nan)
+    lengths, died = np.zeros(n, np.int64), np.zeros(n, bool)
     with make_vec_env("doom", num_envs=n, max_steps=max_steps, quiet=True) as env:
-        first = env.preprocess(env.reset(seeds=seeds))
+        obs = env.reset(seeds=seeds)
         running = np.ones(n, bool)
+        if seen is not None:
+            seen(0, obs, np.arange(n))
         for t in range(1, max_steps + 1):
-            result = env.step(np.full((n, 1), action, np.float32), running)
-            if t == shift_steps:
-                now = env.preprocess(result.obs)
-                shifts = np.array([horizontal_shift(first[i], now[i]) for i in range(n)])
-                shifts[~running] = np.nan  # ended sooner: no view to compare
-            lengths[running] += 1
+            ids = np.flatnonzero(running)
+            actions = np.zeros((n, 1), np.float32)
+            actions[ids] = act(obs, ids)
+            result = env.step(actions, running)
+            if seen is not None:
+                seen(t, result.obs, ids)
+            lengths[ids] += 1
             died |= result.terminated & running
             running &= ~(result.terminated | result.truncated)
+            obs = result.obs
             if not running.any():
                 break
+    return lengths, died
+
+
+def play_held_in_game(seeds: list[int], action: float, max_steps: int, shift_steps: int):
+    """Each seed's game with ``action`` held: lengths, deaths, and the view shifts."""
+    from worldmodels.envs.doom import preprocess_doom_frames
+
+    views = {}
+
+    def seen(t, obs, ids):
+        if t in (0, shift_steps):
+            views[t] = (preprocess_doom_frames(obs), ids)
+
+    lengths, died = play_in_game(
+        seeds, max_steps, lambda obs, ids: np.full((len(ids), 1), action, np.float32), seen
+    )
+    shifts = np.full(len(seeds), np.nan)  # NaN: ended sooner, no view to compare
+    if shift_steps in views:
+        (first, _), (later, ids) = views[0], views[shift_steps]
+        shifts[ids] = [horizontal_shift(first[i], later[i]) for i in ids]
     return lengths, died, shifts
 
 
@@ -301,26 +330,16 @@ class ControllerProbe:
 
 def play_controller_in_game(agent, seeds: list[int], max_steps: int):
     """The agent plays each seed's game to its end: lengths, deaths, C's actions per step."""
-    from worldmodels.envs import make_vec_env
+    taken: list[list[float]] = [[] for _ in seeds]
+    agent.reset(len(seeds), seeds)  # z's noise seeded by the episode's seed, as in evaluation
 
-    n = len(seeds)
-    lengths, died = np.zeros(n, np.int64), np.zeros(n, bool)
-    taken: list[list[float]] = [[] for _ in range(n)]
-    with make_vec_env("doom", num_envs=n, max_steps=max_steps, quiet=True) as env:
-        obs = env.reset(seeds=seeds)
-        agent.reset(n, seeds)  # z's noise seeded by the episode's seed, as in evaluation
-        running = np.ones(n, bool)
-        while running.any():
-            ids = np.flatnonzero(running)
-            actions = np.zeros((n, agent.spec.action_size), np.float32)
-            actions[ids] = agent.act(obs[ids], ids)
-            result = env.step(actions, running)
-            for i in ids:
-                taken[i].append(float(actions[i, 0]))
-            lengths[ids] += 1
-            died |= result.terminated & running
-            running &= ~(result.terminated | result.truncated)
-            obs = result.obs
+    def act(obs, ids):
+        actions = agent.act(obs[ids], ids)
+        for i, a in zip(ids, actions[:, 0], strict=True):
+            taken[i].append(float(a))
+        return actions
+
+    lengths, died = play_in_game(seeds, max_steps, act)
     return lengths, died, [np.array(t, np.float32) for t in taken]
 
 
