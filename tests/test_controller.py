@@ -24,6 +24,7 @@ from worldmodels.controller.train import (
 from worldmodels.envs import envpool_available, make_vec_env
 from worldmodels.evolution.cmaes import STATE, ESSettings, new_state, run_es
 from worldmodels.memory.mdrnn import MDNRNN
+from worldmodels.utils.device import bf16_supported
 from worldmodels.vision.vae import ConvVAE
 
 
@@ -219,6 +220,44 @@ def test_policy_rejects_models_that_disagree():
         WorldModelPolicy(ConvVAE(z_size=64), MDNRNN(), ControllerSpec())
     with pytest.raises(ValueError, match="h=512"):
         WorldModelPolicy(ConvVAE(), MDNRNN(hidden_size=512), ControllerSpec())
+
+
+needs_native_bf16 = pytest.mark.skipif(
+    not bf16_supported(torch.device("cpu")), reason="this CPU has no AVX512-BF16 or AMX"
+)
+
+
+@needs_native_bf16
+def test_bf16_encodes_v_in_bfloat16_and_keeps_z_and_actions_close():
+    """The speed option really runs V in bf16 (z differs from float32, a little) and hands M
+    and C float32; the actions stay within a few thousandths of float32's."""
+    frames = np.random.default_rng(5).integers(0, 256, (6, 96, 96, 3), dtype=np.uint8)
+    slots = np.arange(6)
+    outputs = []
+    for bf16 in (False, True):
+        torch.manual_seed(0)
+        policy = WorldModelPolicy(ConvVAE(), MDNRNN(), ControllerSpec(), z_mode="mean", bf16=bf16)
+        params = torch.as_tensor(
+            np.random.default_rng(6).standard_normal((6, policy.spec.num_params)) * 0.5,
+            dtype=torch.float32,
+        )
+        policy.reset(6)
+        policy.start(slots, list(range(6)))
+        actions, z = policy.act(frames, slots, params)
+        outputs.append((actions, z, policy.h.clone()))
+    (a32, z32, h32), (a16, z16, h16) = outputs
+    assert z16.dtype == torch.float32 and h16.dtype == torch.float32
+    gap = (z16 - z32).abs().max().item()
+    assert 0 < gap < 0.01 * z32.abs().max().item() + 1e-3
+    np.testing.assert_allclose(a16, a32, atol=5e-3)
+
+
+def test_bf16_is_refused_where_it_is_not_native(monkeypatch):
+    import worldmodels.controller.policy as policy_module
+
+    monkeypatch.setattr(policy_module, "bf16_supported", lambda device: False)
+    with pytest.raises(ValueError, match="no native bfloat16"):
+        WorldModelPolicy(ConvVAE(), MDNRNN(), ControllerSpec(), bf16=True)
 
 
 TARGET = np.linspace(-1, 1, 12)

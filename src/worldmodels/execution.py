@@ -85,6 +85,7 @@ def rollout_engine(
             mdrnn_path if policy.spec.uses_memory else None,
             policy.spec.to_dict(),
             policy.z_mode,
+            bf16=policy.bf16,
             backend=backend,
             num_envs=num_envs,
             max_steps=max_steps,

@@ -66,6 +66,12 @@ def add_arguments(p) -> None:
     p.add_argument("--workers", type=int, default=d.workers)
     p.add_argument("--max-steps", type=positive_int, default=None, help="1000; Doom: 2100")
     p.add_argument("--z-mode", default=d.z_mode, choices=("sample", "mean"))
+    p.add_argument(
+        "--bf16",
+        action="store_true",
+        help="V's encoder in bfloat16 in training's rollouts (CPUs with AVX512-BF16 or AMX, "
+        "GPUs with bf16; evaluation stays float32)",
+    )
     p.add_argument("--device", default=d.device)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument(
@@ -100,6 +106,7 @@ def run(args) -> int:
         workers=args.workers,
         max_steps=args.max_steps or (2100 if doom else ControllerConfig.max_steps),
         z_mode=args.z_mode,
+        bf16=args.bf16,
         device=args.device,
         seed=args.seed,
         init=args.init,

@@ -15,6 +15,7 @@ import torch
 from worldmodels.controller.model import ControllerSpec, action_box, controller_actions
 from worldmodels.envs.preprocess import preprocess_frames
 from worldmodels.memory.mdrnn import MDNRNN
+from worldmodels.utils.device import bf16_supported
 from worldmodels.vision.vae import ConvVAE, frames_to_input
 
 Z_MODES = ("sample", "mean")
@@ -46,6 +47,8 @@ class WorldModelPolicy:
     ``preprocess``: raw frames -> uint8 (n, 64, 64, 3); CarRacing's crop and resize by
     default, the environment's own for others (``VecDoom.preprocess``). Mode "zch" feeds C
     [z, c, h]; an M with a restart input (``extra_inputs=1``) gets 1 on an episode's first step.
+    ``bf16``: V's encoder runs under bfloat16 autocast (a speed option, see
+    ``ControllerConfig.bf16``); z, M and C stay float32. Refused where bf16 is not native.
     """
 
     def __init__(
@@ -56,11 +59,18 @@ class WorldModelPolicy:
         device: torch.device | str = "cpu",
         z_mode: str = "sample",
         preprocess: Callable[[np.ndarray], np.ndarray] = preprocess_frames,
+        bf16: bool = False,
     ):
         if z_mode not in Z_MODES:
             raise ValueError(f"unknown z_mode {z_mode!r}; choose one of {Z_MODES}")
         check_fits(spec, vae, mdrnn)
         self.device = torch.device(device)
+        if bf16 and not bf16_supported(self.device):
+            raise ValueError(
+                f"bf16: this {self.device.type} has no native bfloat16 (on a CPU: AVX512-BF16 "
+                "or AMX), where it would run slower than float32; leave bf16 off"
+            )
+        self.bf16 = bf16
         # channels-last convolutions: the frames arrive NHWC anyway, and oneDNN runs V's
         # encoder ~1.7x faster on one CPU core that way (same outputs to 1e-7)
         self.vae = vae.to(self.device, memory_format=torch.channels_last).eval()
@@ -103,7 +113,12 @@ class WorldModelPolicy:
         """
         slots = np.asarray(slots)
         x = frames_to_input(self.preprocess(raw_frames), self.device, channels_last=True)
-        mu, logvar = self.vae.encode(x)
+        if self.bf16:
+            with torch.autocast(self.device.type, dtype=torch.bfloat16):
+                mu, logvar = self.vae.encode(x)
+            mu, logvar = mu.float(), logvar.float()
+        else:
+            mu, logvar = self.vae.encode(x)
         z = mu
         if self.z_mode == "sample":
             noise = np.stack([self.rngs[s].standard_normal(self.spec.z_size) for s in slots])

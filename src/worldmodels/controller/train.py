@@ -110,7 +110,13 @@ def train_controller(
     else:
         spec = ControllerSpec(z_size=vae.z_size, hidden_size=hidden, mode=config.mode)
     policy = WorldModelPolicy(
-        vae, mdrnn, spec, device, z_mode=config.z_mode, preprocess=preprocess_for(config.env)
+        vae,
+        mdrnn,
+        spec,
+        device,
+        z_mode=config.z_mode,
+        preprocess=preprocess_for(config.env),
+        bf16=config.bf16,
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, out_dir / "config.json")

@@ -40,6 +40,7 @@ class RolloutWorker:
         mdrnn_bytes: bytes | None,
         spec: dict,
         z_mode: str,
+        bf16: bool,
         env_kwargs: dict,
         threads: int,
     ):
@@ -68,6 +69,7 @@ class RolloutWorker:
             device,
             z_mode=z_mode,
             preprocess=preprocess_for(env),
+            bf16=bf16,
         )
         self.engine = RolloutEngine(policy, make_vec_env(quiet=True, **env_kwargs))
 
@@ -104,6 +106,7 @@ class RayRolloutPool:
         spec: dict,
         z_mode: str,
         backend: str,
+        bf16: bool = False,
         num_envs: int,
         max_steps: int,
         seed: int,
@@ -134,6 +137,7 @@ class RayRolloutPool:
                 mdrnn_ref,
                 spec,
                 z_mode,
+                bf16,
                 {
                     "env": env,
                     "backend": backend,

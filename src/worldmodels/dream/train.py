@@ -350,7 +350,7 @@ def real_policy_and_env(vae, mdrnn, spec, config: ControllerConfig, env: str, de
         quiet=True,
     )
     policy = WorldModelPolicy(
-        vae, mdrnn, spec, device, z_mode=config.z_mode, preprocess=vec.preprocess
+        vae, mdrnn, spec, device, z_mode=config.z_mode, preprocess=vec.preprocess, bf16=config.bf16
     )
     return policy, vec
 
