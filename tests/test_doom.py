@@ -169,6 +169,23 @@ def test_long_holds_policy_mixes_the_papers_holds_with_holds_of_hundreds_of_fram
     CollectConfig(env="doom", backend="gymnasium", policy="doom_long_holds").validate()
 
 
+def test_mixed_policy_plays_half_its_episodes_as_the_paper_and_half_with_long_holds():
+    from worldmodels.data.policies import DoomMixedPolicy
+
+    frames = np.zeros((1, 64, 64, 3), np.uint8)
+    longest = []
+    for seed in range(40):
+        policy = DoomMixedPolicy(1)
+        policy.start(0, np.random.default_rng(seed))
+        a = np.array([policy.act(frames, np.array([True]))[0, 0] for _ in range(1500)])
+        changes = np.flatnonzero(np.diff(a) != 0) + 1
+        longest.append(np.diff(np.concatenate([[0], changes]))[1:].max())
+    papers = sum(m <= 10 for m in longest)
+    assert 10 <= papers <= 30  # about half the episodes hold every action 1-10 frames
+    assert max(longest) > 100  # the others hold some for hundreds
+    CollectConfig(env="doom", backend="gymnasium", policy="doom_mixed").validate()
+
+
 def test_collect_doom_through_the_usual_collector(tmp_path, capsys):
     out = tmp_path / "episodes"
     args = ["collect", "--env", "doom", "--out", str(out), "--episodes", "2"]

@@ -204,10 +204,34 @@ class DoomLongHoldsPolicy(DoomRandomPolicy):
             if self.left[slot] == 0:
                 rng = self.rngs[slot]
                 self.actions[slot] = rng.uniform(-1.0, 1.0)
-                long = rng.random() < self.long_share
+                long = rng.random() < self.share_of_long_holds(slot)
                 low, high = (self.max_hold + 1, self.long_hold) if long else (1, self.max_hold)
                 self.left[slot] = rng.integers(low, high + 1)
         return super().act(frames, active)
+
+    def share_of_long_holds(self, slot: int) -> float:
+        return self.long_share
+
+
+class DoomMixedPolicy(DoomLongHoldsPolicy):
+    """Half the episodes the paper's (every hold 1-10 frames), half ``doom_long_holds``'; the
+    episode's seed decides which. A deviation, named: V learns from the paper's long random
+    episodes (late fireballs included: long holds die sooner), and M sees both the paper's
+    data and where a held direction leads.
+    """
+
+    name = "doom_mixed"
+
+    def __init__(self, num_slots: int, long_hold: int = 300, long_share: float = 0.5):
+        super().__init__(num_slots, long_hold, long_share)
+        self.episode_share = np.zeros(num_slots)  # this episode's share of long holds
+
+    def start(self, slot, rng):
+        super().start(slot, rng)
+        self.episode_share[slot] = self.long_share if rng.random() < 0.5 else 0.0
+
+    def share_of_long_holds(self, slot: int) -> float:
+        return self.episode_share[slot]
 
 
 POLICIES = {
@@ -218,11 +242,12 @@ POLICIES = {
         AgentPolicy,
         DoomRandomPolicy,
         DoomLongHoldsPolicy,
+        DoomMixedPolicy,
     )
 }
 ENV_POLICIES = {
     "carracing": ("brownian", "random_weights", "agent"),
-    "doom": ("doom_random", "doom_long_holds", "agent"),
+    "doom": ("doom_random", "doom_long_holds", "doom_mixed", "agent"),
 }
 
 
