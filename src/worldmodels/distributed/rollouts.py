@@ -106,11 +106,11 @@ class RayRolloutPool:
         spec: dict,
         z_mode: str,
         backend: str,
-        bf16: bool = False,
         num_envs: int,
         max_steps: int,
         seed: int,
         env: str = "carracing",
+        bf16: bool = False,
     ) -> RayRolloutPool:
         """Start one worker per ``cpus_per_worker`` CPUs of the cluster, ``num_envs`` in all,
         playing ``env`` (CarRacing or Doom)."""
