@@ -225,7 +225,7 @@ class ControllerConfig:
     max_steps: int = 1000
     z_mode: str = "sample"  # sample z ~ N(mu, sigma) as the 2018 code, or use mu
     # a speed option, named: V's encoder in bfloat16 autocast during training's rollouts and
-    # mean-evals (2.4x faster encoding on a CPU with AVX512-BF16 or AMX; z differs from
+    # mean-evals (~2.3x faster encoding on a CPU with AVX512-BF16 or AMX; z differs from
     # float32 by ~1e-3 relative); refused where bf16 is not native. `evaluate` stays float32
     bf16: bool = False
     # every candidate of a generation plays the same tracks (common random numbers); False:
