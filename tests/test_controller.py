@@ -245,7 +245,7 @@ def test_bf16_encodes_v_in_bfloat16_and_keeps_z_and_actions_close():
         policy.start(slots, list(range(6)))
         actions, z = policy.act(frames, slots, params)
         outputs.append((actions, z, policy.h.clone()))
-    (a32, z32, h32), (a16, z16, h16) = outputs
+    (a32, z32, _), (a16, z16, h16) = outputs
     assert z16.dtype == torch.float32 and h16.dtype == torch.float32
     gap = (z16 - z32).abs().max().item()
     assert 0 < gap < 0.01 * z32.abs().max().item() + 1e-3
