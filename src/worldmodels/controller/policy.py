@@ -15,7 +15,7 @@ import torch
 from worldmodels.controller.model import ControllerSpec, action_box, controller_actions
 from worldmodels.envs.preprocess import preprocess_frames
 from worldmodels.memory.mdrnn import MDNRNN
-from worldmodels.utils.device import bf16_supported
+from worldmodels.utils.device import autocast, bf16_supported
 from worldmodels.vision.vae import ConvVAE, frames_to_input
 
 Z_MODES = ("sample", "mean")
@@ -113,12 +113,9 @@ class WorldModelPolicy:
         """
         slots = np.asarray(slots)
         x = frames_to_input(self.preprocess(raw_frames), self.device, channels_last=True)
-        if self.bf16:
-            with torch.autocast(self.device.type, dtype=torch.bfloat16):
-                mu, logvar = self.vae.encode(x)
-            mu, logvar = mu.float(), logvar.float()
-        else:
+        with autocast(self.device, self.bf16):
             mu, logvar = self.vae.encode(x)
+        mu, logvar = mu.float(), logvar.float()  # no-ops in float32
         z = mu
         if self.z_mode == "sample":
             noise = np.stack([self.rngs[s].standard_normal(self.spec.z_size) for s in slots])

@@ -15,7 +15,6 @@ loader position and every RNG are restored, so the weights equal those of an uni
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import time
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from tqdm import tqdm
 
 from worldmodels.config import VAEConfig, load_config, save_config, to_dict
 from worldmodels.data.store import EpisodeStore
-from worldmodels.utils.device import pick_device
+from worldmodels.utils.device import autocast, pick_device
 from worldmodels.utils.io import atomic_torch_save
 from worldmodels.utils.training import (
     Checkpointer,
@@ -246,12 +245,6 @@ def to_input(frames: torch.Tensor, device: torch.device, channels_last: bool) ->
     """uint8 NHWC batch -> float NCHW in [0, 1] on the device (the uint8 bytes travel)."""
     x = frames_to_input(frames.to(device, non_blocking=True))
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
-
-
-def autocast(device: torch.device, bf16: bool):
-    if bf16:
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def compute_loss(model: ConvVAE, x: torch.Tensor, config: VAEConfig) -> VAELoss:
