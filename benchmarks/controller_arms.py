@@ -1,10 +1,10 @@
 """CarRacing controller recipes compared on one V and M, at equal CMA-ES wall time, same load.
 
-    worldmodels pipeline --preset laptop --out runs/laptop      # stop it once M is trained
+    worldmodels pipeline --preset laptop-1round --out runs/laptop      # stop it once M is trained
     python benchmarks/controller_arms.py --base runs/laptop --out runs/arms --minutes 60
 
-Each arm is the ``laptop`` preset's controller stage with a few ``--set`` changes (``ARMS``
-below), run as ``worldmodels pipeline --preset laptop --out ARM --set ...`` on a copy of the
+Each arm is the ``laptop-1round`` preset's controller stage with a few ``--set`` changes (``ARMS``
+below), run as ``worldmodels pipeline --preset laptop-1round --out ARM --set ...`` on a copy of the
 base run's finished collect / V / encode / M stages (hard links: no data is copied). All arms
 run at once, pinned round-robin to the machine's cores, so they share the same load: wall time
 is the quantity held equal. Each arm is then scored on the same 100 episodes (scoring seeds
@@ -31,7 +31,7 @@ BASE_STAGES = ("collect", "train-vae", "encode", "train-mdrnn")
 LINKED = ("episodes", "series")  # large and read-only: hard-linked
 COPIED = ("vae", "mdrnn")
 
-# every arm starts from the laptop preset's controller as the arms were first run (stop 14):
+# every arm starts from the laptop-1round preset's controller as the arms were first run (stop 14):
 # C fed a sample of z, sigma0 0.1, training episodes cut after 50 steps without a new tile;
 # the preset has since taken the winners' settings, and this keeps each arm's meaning fixed
 FIRST_LAPTOP = ["controller.z_mode=sample", "controller.sigma0=0.1", "controller.early_stop=50"]
@@ -62,8 +62,9 @@ ARMS = {
         "32 x 4, common tracks, mu",
         ["controller.popsize=32", "controller.rollouts=4", "controller.z_mode=mean"],
     ),
-    # the laptop preset ends a training episode after 50 steps without a new tile: a car that
-    # spins off the track is cut there, so recovering never pays (the crashes < 300 of mu-s05)
+    # the laptop preset then ended a training episode after 50 steps without a new tile: a car
+    # that spins off the track is cut there, so recovering never pays (the crashes < 300 of
+    # mu-s05)
     "mu-s05-es200": (
         "mu-s05, episodes cut after 200 steps without a tile (not 50)",
         ["controller.z_mode=mean", "controller.sigma0=0.05", "controller.early_stop=200"],
@@ -94,13 +95,15 @@ def prepare_arm(base: Path, arm: Path) -> None:
 
 
 def base_assignments(base: Path) -> list[str]:
-    """``--set`` values that make the laptop preset match the base run's finished stages (a
+    """``--set`` values that make the laptop-1round preset match the base run's finished stages (a
     base collected before the collection seed moved from 0 needs collect.seed=0)."""
     from worldmodels.config import assignments, config_differences, preset
     from worldmodels.pipeline import frozen_keys, read_run_config
 
     saved, _ = read_run_config(base)
-    return assignments(saved, frozen_keys(config_differences(saved, preset("laptop")), BASE_STAGES))
+    return assignments(
+        saved, frozen_keys(config_differences(saved, preset("laptop-1round")), BASE_STAGES)
+    )
 
 
 def arm_command(arm: Path, sets: list[str], minutes: float, backend: str) -> list[str]:
@@ -114,7 +117,7 @@ def arm_command(arm: Path, sets: list[str], minutes: float, backend: str) -> lis
         "evaluate.num_envs=16" if backend == "envpool" else "evaluate.num_envs=8",
     ]
     flags = [x for s in [*common, *sets] for x in ("--set", s)]
-    return ["worldmodels", "pipeline", "--preset", "laptop", "--out", str(arm), *flags]
+    return ["worldmodels", "pipeline", "--preset", "laptop-1round", "--out", str(arm), *flags]
 
 
 def es_rows(arm: Path) -> list[dict]:
@@ -168,7 +171,9 @@ def plot(arms: dict[str, Path], path: Path) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--base", required=True, type=Path, help="a laptop run with V and M trained")
+    p.add_argument(
+        "--base", required=True, type=Path, help="a laptop-1round run with V and M trained"
+    )
     p.add_argument("--out", required=True, type=Path, help="folder of the arms' run folders")
     p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     p.add_argument("--minutes", type=float, default=60, help="CMA-ES wall minutes per arm")

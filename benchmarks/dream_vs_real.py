@@ -4,7 +4,7 @@
     python benchmarks/dream_vs_real.py --run runs/carracing-dream [--episodes 100]
 
 The dream arm is the run's own controller stage (CMA-ES in M's dream, no game in the loop).
-The baseline is trained here: real-environment CMA-ES with the ``laptop`` preset's settings
+The baseline is trained here: real-environment CMA-ES with the ``laptop-1round`` preset's settings
 (population 16 x 2 rollouts, early stop, EnvPool when installed) on the same V and M, for the
 same CMA-ES wall time as the dream run took (its ``log.csv``), into ``RUN/real-equal-time``. Both
 are scored on the same gymnasium CarRacing-v3 seeds (the dream arm's score is the pipeline's
@@ -62,7 +62,7 @@ def main() -> None:
     _, _, budget = es_log(run / "controller")  # CMA-ES time, without the stage's GIF
 
     real_dir = run / "real-equal-time"
-    config = dataclasses.replace(preset("laptop").controller, time_budget_s=budget)
+    config = dataclasses.replace(preset("laptop-1round").controller, time_budget_s=budget)
     train_controller(
         run / "vae" / "vae.pt",
         run / "mdrnn" / "mdrnn.pt",

@@ -1,6 +1,6 @@
 """Does the final selection choose a better C than the best mean-eval? Scored, not guessed.
 
-    worldmodels pipeline --preset laptop --out runs/laptop-final --set controller.final_top=4
+    worldmodels pipeline --preset laptop-1round --out runs/laptop-final --set controller.final_top=4
     python benchmarks/final_selection.py --run runs/laptop-final
 
 A run trained with ``controller.final_top`` replayed its best few evaluated means on

@@ -387,7 +387,7 @@ class PipelineConfig:
     iterate: IterateConfig = field(default_factory=IterateConfig)
 
 
-# CarRacing on 2 cores: 120 episodes, V for 2,400 steps, M for 600 (shared by laptop and
+# CarRacing on 2 cores: 120 episodes, V for 2,400 steps, M for 600 (shared by the laptop presets and
 # carracing-dream; preset() deep-copies, so sharing the objects here is safe). Every
 # CarRacing preset's M pads short episodes: CarRacing-v3 ends one at a finished lap or a car
 # off the playfield (the agent and random_weights policies), where the 2018 code's wrapper
@@ -395,12 +395,13 @@ class PipelineConfig:
 LAPTOP_COLLECT = CollectConfig(episodes=120, max_steps=1000, num_envs=16)
 LAPTOP_VAE = VAEConfig(max_steps=2400, learning_rate=3e-4, checkpoint_every=400)
 LAPTOP_MDRNN = MDNRNNConfig(seq_len=999, batch_size=16, steps=600, pad_short=True)
-# the best CarRacing recipe measured on 2 cores (laptop; laptop-long changes its scale). Deviations
-# from the 2018 code, each measured on the same V and M (benchmarks/controller_arms.py, README):
-# C fed mu, not a sample of z (22 of V's 32 dimensions are noise at this data size);
-# sigma0 0.05, not 0.1 (C's tanh saturates less); a training episode is cut after 200
-# steps without a new tile, not 50 (a spun-out car then has time to find the track again,
-# so recovering pays: crashes < 300 went from 11 to 1 in 100 episodes)
+# the best CarRacing controller recipe measured on 2 cores (every laptop preset; laptop-long
+# changes its scale). Deviations from the 2018 code, each measured on the same V and M
+# (benchmarks/controller_arms.py, README): C fed mu, not a sample of z (22 of V's 32
+# dimensions are noise at this data size); sigma0 0.05, not 0.1 (C's tanh saturates less);
+# a training episode is cut after 200 steps without a new tile, not 50 (a spun-out car then
+# has time to find the track again, so recovering pays: crashes < 300 went from 11 to 1 in
+# 100 episodes)
 LAPTOP_CONTROLLER = ControllerConfig(
     popsize=16,
     rollouts=2,
@@ -414,7 +415,7 @@ LAPTOP_CONTROLLER = ControllerConfig(
     eval_episodes=16,
 )
 LAPTOP_EVALUATE = EvalConfig(episodes=100, num_envs=8)
-LAPTOP = PipelineConfig(
+LAPTOP_1ROUND = PipelineConfig(
     collect=LAPTOP_COLLECT,
     vae=LAPTOP_VAE,
     mdrnn=LAPTOP_MDRNN,
@@ -444,30 +445,31 @@ PRESETS: dict[str, PipelineConfig] = {
         ),
         evaluate=EvalConfig(episodes=2, num_envs=2, max_steps=50),
     ),
-    # the best agent a 2-core machine trains from scratch in about 2 hours (the recipe's
-    # deviations from the 2018 code: LAPTOP_CONTROLLER)
-    "laptop": LAPTOP,
-    # the paper's iterative procedure on the laptop recipe: round 1 is a whole laptop run up to
-    # C in RUN/round1, then its agent (C plus per-episode noise) collects RUN's 120 episodes
-    # on the same tracks and V, M and C are trained again on them. Random driving never shows
-    # V the fast corners a trained driver meets (V's error on the driver's frames: 25.3 per
-    # frame after brownian data, 15.4 after the agent's). Both rounds get the laptop's 80 min
-    # of CMA-ES, as measured (round 1 745.7, round 2 851.9). Shorter budgets measured worse:
-    # round 1 60 min + round 2 12 min gave 664.2, with round 2 at 30 min 782.3 (README)
-    "laptop-iter": dataclasses.replace(LAPTOP, iterate=IterateConfig(rounds=2)),
-    # the iterative procedure in 2 hours on 2 cores: round 1 is the laptop run with 60 min of
+    # the best agent a 2-core machine trains from scratch in about 2 hours: the paper's
+    # iterative procedure in two rounds. Round 1 is the laptop-1round run with 60 min of
     # CMA-ES; round 2 (warm_start, a deviation) fine-tunes round 1's V for 800 steps and M for
-    # 600 on the agent's data and refines round 1's C for 25 min. Measured 863.0 (a whole run
-    # from scratch, 115.6 min), and 813.9, 790.6, 797.1 (round 2 on three seeds over one round
-    # 1; README); cold, round 2 at 30 min gave 782.3, 12 min 664.2
-    "laptop-2h": dataclasses.replace(
-        LAPTOP,
+    # 600 on the data round 1's agent collects and refines round 1's C for 25 min. Measured
+    # 863.0 (a whole run from scratch, 115.6 min), and 813.9, 790.6, 797.1 (round 2 on three
+    # seeds over one round 1; README); cold, round 2 at 30 min gave 782.3, 12 min 664.2
+    "laptop": dataclasses.replace(
+        LAPTOP_1ROUND,
         vae=dataclasses.replace(LAPTOP_VAE, max_steps=800),
         controller=dataclasses.replace(LAPTOP_CONTROLLER, time_budget_s=25 * 60),
         iterate=IterateConfig(
             rounds=2, vae_steps=2400, controller_budget_s=60 * 60, warm_start=True
         ),
     ),
+    # one round of V, M and C on brownian data, 80 min of CMA-ES (about 2 hours; the recipe's
+    # deviations from the 2018 code: LAPTOP_CONTROLLER); `laptop` before this version.
+    # Measured 745.7 from scratch, 792.1 on another V and M (README)
+    "laptop-1round": LAPTOP_1ROUND,
+    # the paper's iterative procedure with both rounds cold and whole: round 1 is a
+    # laptop-1round run up to C in RUN/round1, then its agent (C plus per-episode noise)
+    # collects RUN's 120 episodes on the same tracks and V, M and C are trained again on them.
+    # Random driving never shows V the fast corners a trained driver meets (V's error on the
+    # driver's frames: 25.3 per frame after brownian data, 15.4 after the agent's). Both
+    # rounds get 80 min of CMA-ES, as measured (round 1 745.7, round 2 851.9, ~3.5 h)
+    "laptop-iter": dataclasses.replace(LAPTOP_1ROUND, iterate=IterateConfig(rounds=2)),
     # a night on 2 cores (~7.5 h), aimed at the paper's 900; not measured yet (README). From
     # what the laptop runs showed: 4x the data, V and M steps (V reconstructed the trained
     # driver's fast corners poorly from 120 slow episodes); after ~40 generations of 16 x 2 the
@@ -489,7 +491,7 @@ PRESETS: dict[str, PipelineConfig] = {
         ),
         evaluate=LAPTOP_EVALUATE,
     ),
-    # CarRacing trained in M's dream: the laptop preset's data and V, M with reward and done
+    # CarRacing trained in M's dream: laptop-1round's data and V, M with reward and done
     # heads, 25 minutes of CMA-ES in dreams of 1,000 steps at tau 1.15 (no game in the loop
     # but a monitor), scored like every CarRacing run on 100 gymnasium episodes
     "carracing-dream": PipelineConfig(

@@ -17,9 +17,9 @@ def add_arguments(p) -> None:
         "--preset",
         default="smoke",
         choices=list(PRESETS),
-        help="smoke: minutes; laptop: ~2 h on 2 cores; laptop-2h: the iterative procedure in "
-        "~2 h (round 2 warm-started); laptop-iter: its two full rounds, ~3.5 h; laptop-long: a "
-        "night on 2 cores; "
+        help="smoke: minutes; laptop: the best agent in ~2 h on 2 cores (two rounds, the "
+        "second warm-started); laptop-1round: one round, ~2 h; laptop-iter: two full cold "
+        "rounds, ~3.5 h; laptop-long: a night on 2 cores; "
         "paper: the paper's settings; doom: the "
         "paper's Doom TakeCover dream experiment (doom-smoke: its tiny version); "
         "carracing-dream: laptop-scale CarRacing with C trained in M's dream",
