@@ -156,3 +156,42 @@ def test_the_reaper_finds_processes_by_the_commands_mark():
         for p in procs:
             p.kill()
             p.wait()
+
+
+def test_a_stopped_training_flushes_its_log_leaves_no_temp_file_and_resumes(small_store, tmp_path):
+    """What a command holds besides processes: its TensorBoard writer is closed (the curve up
+    to the stop is on disk, not lost in the writer's queue), no half-written file is left, and
+    the resumed run's curve has each step once (what was logged after the checkpoint is
+    dropped, not drawn twice)."""
+    import torch
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    def logged_steps() -> list[int]:
+        return [e.step for e in EventAccumulator(str(out / "tb")).Reload().Scalars("train/total")]
+
+    out = tmp_path / "vae"
+    args = ["train-vae", "--store", str(small_store), "--out", str(out), "--batch-size", "16"]
+    args += ["--z-size", "8", "--checkpoint-every", "100", "--no-progress"]  # logs every 50
+    proc = start(*args, "--steps", "100000")
+    try:
+        wait_for(lambda: (out / "latest.pt").exists(), 300, "the first checkpoint (step 100)")
+        time.sleep(2.0)  # on into the next hundred steps, past a logged step if fast enough
+        os.kill(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "stopped by SIGTERM; finished work is kept" in err
+    assert not [p.name for p in out.rglob("*") if p.name.endswith(".tmp")]
+    assert {50, 100} <= set(logged_steps())  # flushed by the stop
+
+    saved = torch.load(out / "latest.pt", weights_only=False)["position"]["step"]
+    end = saved + 100
+    again = start(*args, "--resume", "--steps", str(end))
+    _, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err
+    steps = logged_steps()
+    assert steps == sorted(set(steps)) and steps[-1] == end, steps
+    assert set(range(50, end, 50)) <= set(steps)
