@@ -108,6 +108,33 @@ def add_ray_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+def controller_config(args, **settings):
+    """The ControllerConfig of the CMA-ES flags train-controller and dream-train share, with
+    ``settings`` (the command's own) on top; Doom's defaults follow ``--env``."""
+    from worldmodels.config import ControllerConfig
+
+    doom = args.env == "doom"
+    return ControllerConfig(
+        env=args.env,
+        mode=args.mode or ("zch" if doom else "zh"),
+        popsize=args.popsize,
+        sigma0=args.sigma0,
+        rollouts=args.rollouts,
+        generations=args.generations,
+        time_budget_s=None if args.time_budget is None else args.time_budget * 60,
+        weight_decay=args.weight_decay,
+        eval_every=args.eval_every,
+        eval_episodes=args.eval_episodes,
+        num_envs=args.num_envs,
+        workers=args.workers,
+        max_steps=args.max_steps or (2100 if doom else ControllerConfig.max_steps),
+        z_mode=args.z_mode,
+        device=args.device,
+        seed=args.seed,
+        **settings,
+    )
+
+
 def ray_settings(args):
     """RaySettings from the flags, or None without --ray (then nothing imports Ray)."""
     from worldmodels.distributed.cluster import settings_from_flag

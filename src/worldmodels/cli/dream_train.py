@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from worldmodels.cli import add_ray_arguments, positive_int, ray_settings
+from worldmodels.cli import add_ray_arguments, controller_config, positive_int, ray_settings
 from worldmodels.config import ControllerConfig, DreamConfig
 from worldmodels.controller.model import ALL_MODES
 
@@ -72,27 +72,7 @@ def add_arguments(p) -> None:
 
 
 def configs(args, temperature: float) -> tuple[ControllerConfig, DreamConfig]:
-    doom = args.env == "doom"
-    controller = ControllerConfig(
-        env=args.env,
-        mode=args.mode or ("zch" if doom else "zh"),
-        popsize=args.popsize,
-        sigma0=args.sigma0,
-        rollouts=args.rollouts,
-        generations=args.generations,
-        time_budget_s=None if args.time_budget is None else args.time_budget * 60,
-        weight_decay=args.weight_decay,
-        eval_every=args.eval_every,
-        eval_episodes=args.eval_episodes,
-        eval_seed=args.eval_seed,
-        backend="gymnasium",
-        num_envs=args.num_envs,
-        workers=args.workers,
-        max_steps=args.max_steps or (2100 if doom else 1000),
-        z_mode=args.z_mode,
-        device=args.device,
-        seed=args.seed,
-    )
+    controller = controller_config(args, eval_seed=args.eval_seed, backend="gymnasium")
     dream = DreamConfig(
         env=args.env,
         temperature=temperature,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from worldmodels.cli import add_ray_arguments, positive_int, ray_settings
+from worldmodels.cli import add_ray_arguments, controller_config, positive_int, ray_settings
 from worldmodels.config import ControllerConfig
 from worldmodels.controller.model import ALL_MODES
 
@@ -86,29 +86,13 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     from worldmodels.controller.train import train_controller
 
-    doom = args.env == "doom"
-    config = ControllerConfig(
-        env=args.env,
-        mode=args.mode or ("zch" if doom else "zh"),
-        popsize=args.popsize,
-        sigma0=args.sigma0,
-        rollouts=args.rollouts,
-        generations=args.generations,
-        time_budget_s=None if args.time_budget is None else args.time_budget * 60,
+    config = controller_config(
+        args,
         early_stop=args.early_stop,
-        weight_decay=args.weight_decay,
-        eval_every=args.eval_every,
-        eval_episodes=args.eval_episodes,
         final_top=args.final_top,
         final_episodes=args.final_episodes,
         backend=args.backend,
-        num_envs=args.num_envs,
-        workers=args.workers,
-        max_steps=args.max_steps or (2100 if doom else ControllerConfig.max_steps),
-        z_mode=args.z_mode,
         bf16=args.bf16,
-        device=args.device,
-        seed=args.seed,
         init=args.init,
     )
     config.validate()
