@@ -130,3 +130,8 @@ def test_corrupt_bytes_inside_an_episode_stop_every_reader_naming_the_file(
     m_args = ["train-mdrnn", "--series", str(good_series), "--out", str(tmp_path / "m")]
     assert main([*m_args, "--steps", "1", "--seq-len", "20", "--no-progress"]) == 2
     assert f"{series_victim}: array" in capsys.readouterr().err
+    # the dream's starting frames come from the same series: a dream never starts from bad bytes
+    from worldmodels.dream.env import load_initial_latents
+
+    with pytest.raises(StoreError, match=f"{series_victim}: array"):
+        load_initial_latents(good_series)
