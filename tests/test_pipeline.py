@@ -325,7 +325,30 @@ def test_a_terminated_evaluation_leaves_no_worker_and_keeps_the_old_result(smoke
     assert (smoke_run / "eval.json").read_bytes() == before
 
 
-def test_each_round_collects_with_the_agent_of_the_round_before(tmp_path, capsys):
+ROUNDS_SETS = ["iterate.rounds=2", "iterate.vae_steps=10", "collect.agent_noise=0"]
+ROUNDS_SETS += ["controller.z_mode=mean", "iterate.warm_start=true", "iterate.keep_best_round=true"]
+
+
+def rounds_args(out) -> list[str]:
+    args = ["pipeline", "--preset", "smoke", "--out", str(out), "--no-progress"]
+    return args + [a for x in ROUNDS_SETS for a in ("--set", x)]
+
+
+@pytest.fixture(scope="module")
+def two_rounds(tmp_path_factory):
+    """A smoke run of the iterative procedure in two rounds, warm-started, keep_best_round;
+    (its folder, its log)."""
+    import contextlib
+    import io
+
+    out = tmp_path_factory.mktemp("rounds") / "run"
+    log = io.StringIO()
+    with contextlib.redirect_stdout(log):
+        assert main(rounds_args(out)) == 0
+    return out, log.getvalue()
+
+
+def test_each_round_collects_with_the_agent_of_the_round_before(two_rounds, capsys):
     """iterate.rounds=2: round 1 is a whole run up to C in RUN/round1 (V for fewer steps), and
     RUN's data are round 1's C driving on the same tracks (noise 0 and C fed mu here, so
     they are exactly the episodes `evaluate` plays with round 1's agent on the same seeds).
@@ -334,13 +357,8 @@ def test_each_round_collects_with_the_agent_of_the_round_before(tmp_path, capsys
     from worldmodels.controller.evaluate import evaluate_agent
     from worldmodels.data.store import EpisodeStore, load_manifest
 
-    out = tmp_path / "run"
-    sets = ["iterate.rounds=2", "iterate.vae_steps=10", "collect.agent_noise=0"]
-    sets += ["controller.z_mode=mean", "iterate.warm_start=true"]
-    args = ["pipeline", "--preset", "smoke", "--out", str(out), "--no-progress"]
-    args += [a for x in sets for a in ("--set", x)]
-    assert main(args) == 0
-    log = capsys.readouterr().out
+    out, log = two_rounds
+    args = rounds_args(out)
     assert "[round 1] [train-controller] starting" in log
     round1 = out / "round1"
     assert set(json.loads((round1 / "stages.json").read_text())) == set(STAGES[1:6])
@@ -374,3 +392,57 @@ def test_each_round_collects_with_the_agent_of_the_round_before(tmp_path, capsys
     assert set(stages) == set(STAGES) and "round 1 (round1/)" in stages["earlier-rounds"]["summary"]
     assert main(args) == 0  # run again: nothing left to do
     assert capsys.readouterr().out.count("done already") == len(STAGES)
+
+
+def drive(spec, gas: bool) -> np.ndarray:
+    """A CarRacing C that ignores its input: straight on at full gas, or full brake."""
+    params = np.zeros(spec.num_params, dtype=np.float32)
+    params[-3:] = [0.0, 5.0, -5.0] if gas else [0.0, -5.0, 5.0]  # the bias: steer, gas, brake
+    return params
+
+
+def testkeep_best_round_makes_the_better_rounds_agent_the_runs(two_rounds, tmp_path):
+    """Every round's agent plays the same fresh selection tracks (no track that trains, selects
+    within a round or scores); the best mean is the run's agent: Agent.load and evaluate give
+    round 1's V, M and C when round 1 drives and round 2 brakes, round 2's own when it is the
+    other way round."""
+    import shutil
+
+    from worldmodels.agent import Agent
+    from worldmodels.controller.evaluate import evaluate_agent
+    from worldmodels.controller.train import save_params
+    from worldmodels.pipeline import ROUNDS_JSON, RunPaths, keep_best_round, read_run_config
+
+    run, log = two_rounds
+    assert "rounds on 2 fresh selection tracks: round 1 " in log
+    out = tmp_path / "run"
+    shutil.copytree(run, out)
+    config, _ = read_run_config(out)
+    paths = RunPaths(out)
+    spec = Agent.load(out, device="cpu").spec
+    for round1_drives in (True, False):
+        save_params(out / "round1" / "controller" / BEST, drive(spec, gas=round1_drives))
+        save_params(paths.best_params, drive(spec, gas=not round1_drives))
+        line = keep_best_round(config, paths, False, None)
+        record = json.loads((paths.controller / ROUNDS_JSON).read_text())
+        chosen = 1 if round1_drives else 2
+        assert record["chosen"] == chosen and f"the run's agent is round {chosen}'s" in line
+        means = [row["mean"] for row in record["rounds"]]
+        assert means[chosen - 1] > means[2 - chosen] + 10, means  # a braking car earns no tiles
+        seeds = list(range(record["seeds"][0], record["seeds"][1] + 1))
+        selection = config.controller.selection_seeds()
+        assert seeds[0] == selection.stop and len(seeds) == config.controller.final_episodes
+        assert not set(seeds) & set(range(config.evaluate.seed, config.evaluate.seed + 100))
+        agent = Agent.load(out, device="cpu")
+        source = out / "round1" if round1_drives else out
+        assert agent.vae_path.resolve() == (source / "vae" / "vae.pt").resolve()
+        assert np.array_equal(agent.params, np.load(source / "controller" / BEST))
+        assert (
+            Agent.load(out, device="cpu", which="latest").vae_path.resolve()
+            == (out / "vae" / "vae.pt").resolve()
+        )  # latest is always the last round's CMA-ES mean
+        played = evaluate_agent(
+            agent, 2, seeds[0], num_envs=2, backend=config.controller.backend, max_steps=50
+        )
+        kept = record["rounds"][chosen - 1]["returns"]
+        np.testing.assert_allclose(played.returns, kept, atol=1e-3)

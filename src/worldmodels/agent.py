@@ -39,11 +39,28 @@ def find_controller_dir(run_dir: str | Path) -> Path:
     )
 
 
+def agent_source(run_dir: str | Path, which: str = "best") -> tuple[Path, dict]:
+    """The controller folder a run's agent comes from and its controller.json. A run whose
+    ``best`` agent is another run's (an iterated run that kept an earlier round's agent,
+    ``iterate.keep_best_round``) names that run in ``agent_from``, relative to its own
+    folder; ``latest`` is always the folder's own CMA-ES mean."""
+    from worldmodels.controller.train import read_controller_json
+
+    folder = find_controller_dir(run_dir)
+    info = read_controller_json(folder)
+    if which == "best" and info.get("agent_from"):
+        folder = find_controller_dir(folder / info.get("relative_to", "..") / info["agent_from"])
+        info = read_controller_json(folder)
+        if info.get("agent_from"):
+            raise ValueError(f"{folder}: agent_from leads to another ({info['agent_from']})")
+    return folder, info
+
+
 def checkpoint_paths(
     folder: Path, info: dict, which: str = "best"
 ) -> tuple[Path, Path | None, Path]:
     """V's, M's (None when C does not read M) and C's files of the controller folder ``folder``
-    whose controller.json holds ``info``."""
+    whose controller.json holds ``info`` (as :func:`agent_source` gives them)."""
     from worldmodels.controller.train import BEST, LATEST
 
     base = folder / info.get("relative_to", "..")
@@ -58,10 +75,8 @@ def checkpoint_paths(
 def agent_digest(run_dir: str | Path, which: str = "best") -> str:
     """A digest of the files a run's agent is loaded from (V, M, C): another agent saved in the
     same folder (C trained again, say) has another digest."""
-    from worldmodels.controller.train import read_controller_json
-
-    folder = find_controller_dir(run_dir)
-    paths = checkpoint_paths(folder, read_controller_json(folder), which)
+    folder, info = agent_source(run_dir, which)
+    paths = checkpoint_paths(folder, info, which)
     return file_digest_of([p for p in paths if p is not None])
 
 
@@ -98,14 +113,12 @@ class Agent:
     @classmethod
     def load(cls, run_dir: str | Path, device: str = "auto", which: str = "best") -> Agent:
         """Load V, M and C of a run folder; ``which`` is ``best`` or ``latest`` parameters."""
-        from worldmodels.controller.train import read_controller_json
         from worldmodels.memory.train import load_mdrnn
         from worldmodels.vision.train import load_vae
 
         if which not in ("best", "latest"):
             raise ValueError(f"which must be 'best' or 'latest', got {which!r}")
-        folder = find_controller_dir(run_dir)
-        info = read_controller_json(folder)
+        folder, info = agent_source(run_dir, which)
         spec = ControllerSpec(**info["spec"])
         dev = pick_device(device)
         vae_path, mdrnn_path, params_path = checkpoint_paths(folder, info, which)

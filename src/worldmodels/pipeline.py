@@ -314,6 +314,7 @@ def _train_controller(
             line += "; held actions: " + (
                 "; ".join(summary.probe.warnings()) or "dream and game agree"
             )
+        line += keep_best_round(config, paths, progress, cluster)
         return StageResult(line, summary.seconds, resume)
     summary = train_controller(
         paths.vae,
@@ -324,7 +325,69 @@ def _train_controller(
         progress=progress,
         cluster=cluster,
     )
-    return StageResult(summary.line(), summary.seconds, resume)
+    line = summary.line() + keep_best_round(config, paths, progress, cluster)
+    return StageResult(line, summary.seconds, resume)
+
+
+ROUNDS_JSON = "rounds.json"
+
+
+def keep_best_round(config: PipelineConfig, paths: RunPaths, progress, cluster) -> str:
+    """With ``iterate.keep_best_round``: every round's agent plays the same fresh selection
+    tracks in the real game, and the best mean becomes the run's agent (an earlier round's is
+    named in controller.json's ``agent_from``). The record is ``controller/rounds.json``;
+    a rerun with the same agents reuses it. Returns the stage summary's addition."""
+    from worldmodels.agent import Agent, agent_digest
+    from worldmodels.controller.evaluate import evaluate_agent
+    from worldmodels.controller.train import set_agent_from
+    from worldmodels.utils.io import atomic_write_json, read_json
+
+    if config.iterate.rounds == 1 or not config.iterate.keep_best_round:
+        return ""
+    settings = last_round(config, paths).controller
+    seeds = settings.round_selection_seeds()
+    set_agent_from(paths.controller, None)  # the last round's own agent first
+    folders = [f"round{k}" for k in range(1, config.iterate.rounds)] + ["."]
+    key = {
+        "seeds": [seeds.start, seeds.stop - 1],
+        "agents": [agent_digest(paths.root / f) for f in folders],
+    }
+    path = paths.controller / ROUNDS_JSON
+    record = read_json(path, "round choice") if path.exists() else None
+    if record is None or {k: record.get(k) for k in key} != key:
+        rows = []
+        for k, folder in enumerate(folders, start=1):
+            result = evaluate_agent(
+                Agent.load(paths.root / folder, device=settings.device),
+                episodes=len(seeds),
+                seed=seeds.start,
+                num_envs=settings.num_envs,
+                backend=settings.backend,
+                max_steps=config.evaluate.max_steps,
+                progress=progress,
+                cluster=cluster,
+                groups=settings.env_groups,
+            )
+            rows.append(
+                {
+                    "round": k,
+                    "folder": folder,
+                    "mean": result.mean,
+                    "std": result.std,
+                    "returns": [float(r) for r in result.returns],
+                }
+            )
+        best = max(rows, key=lambda r: (r["mean"], r["round"]))  # a tie keeps the later round
+        record = {**key, "chosen": best["round"], "rounds": rows}
+        atomic_write_json(path, record)
+    chosen = record["rounds"][record["chosen"] - 1]
+    if chosen["folder"] != ".":
+        set_agent_from(paths.controller, chosen["folder"])
+    means = ", ".join(f"round {r['round']} {r['mean']:.1f}" for r in record["rounds"])
+    return (
+        f"; rounds on {len(seeds)} fresh selection tracks: {means}; "
+        f"the run's agent is round {chosen['round']}'s"
+    )
 
 
 def _evaluate(config: PipelineConfig, paths: RunPaths, progress: bool, cluster, log) -> StageResult:

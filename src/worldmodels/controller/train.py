@@ -319,6 +319,16 @@ def plot_training_curve(
     atomic_write_bytes(path, buf.getvalue())
 
 
+def set_agent_from(out_dir: Path, run: str | None) -> None:
+    """Make another run folder's agent (``run``, relative to this one's run folder) the one
+    ``Agent.load`` gives for this folder's ``best``, or this folder's own again (None)."""
+    info = read_controller_json(out_dir)
+    info.pop("agent_from", None)
+    if run is not None:
+        info["agent_from"] = run
+    atomic_write_json(out_dir / CONTROLLER_JSON, info)
+
+
 def read_controller_json(folder: Path) -> dict:
     data = read_json(folder / CONTROLLER_JSON, "controller description")
     if not isinstance(data, dict) or "spec" not in data:
