@@ -542,3 +542,36 @@ def test_a_doom_c_on_z_alone_trains_in_the_dream_and_plays_without_m(doom_run, t
     assert agent.policy.mdrnn is None  # in the game C needs only V
     assert main(["evaluate", str(out), "--episodes", "2", "--max-steps", "60"]) == 0
     assert json.loads((out / "eval.json").read_text())["mean"] > 0
+
+
+def test_doom_rounds_are_compared_in_the_game(tmp_path):
+    """iterate.keep_best_round on a Doom run trained in the dream: both rounds' agents play the
+    same fresh selection episodes in ViZDoom, their survival is recorded, and the better is the
+    run's agent (the one `evaluate` scores)."""
+    from worldmodels.agent import Agent
+    from worldmodels.controller.evaluate import evaluate_agent
+
+    out = tmp_path / "run"
+    args = ["pipeline", "--preset", "doom-smoke", "--out", str(out), "--no-progress"]
+    for setting in ("iterate.rounds=2", "iterate.warm_start=true", "iterate.keep_best_round=true"):
+        args += ["--set", setting]
+    assert main(args) == 0
+    record = json.loads((out / "controller" / "rounds.json").read_text())
+    assert [row["folder"] for row in record["rounds"]] == ["round1", "."]
+    first, last = record["seeds"]
+    for row in record["rounds"]:
+        played = evaluate_agent(
+            Agent.load(out / row["folder"], device="cpu"),
+            episodes=last - first + 1,
+            seed=first,
+            num_envs=2,
+            max_steps=100,
+            progress=False,
+        )
+        assert played.returns.tolist() == row["returns"]  # survival steps, episode for episode
+    best = max(record["rounds"], key=lambda row: (row["mean"], row["round"]))
+    assert record["chosen"] == best["round"]
+    kept = Agent.load(out, device="cpu").vae_path.resolve()
+    assert kept == (out / best["folder"] / "vae" / "vae.pt").resolve()
+    summary = json.loads((out / "stages.json").read_text())["train-controller"]["summary"]
+    assert f"the run's agent is round {best['round']}'s" in summary

@@ -394,6 +394,24 @@ def test_each_round_collects_with_the_agent_of_the_round_before(two_rounds, caps
     assert capsys.readouterr().out.count("done already") == len(STAGES)
 
 
+def test_resumed_earlier_rounds_record_the_rounds_own_time(two_rounds, tmp_path):
+    """Killed after round 1 finished but before its stage was recorded, the resumed run records
+    round 1's stage times (each kept over its own resumes), not the seconds the resume took."""
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(two_rounds[0], out)
+    stages_file = out / "stages.json"
+    stages = json.loads(stages_file.read_text())
+    del stages["earlier-rounds"]
+    stages_file.write_text(json.dumps(stages))
+    round1 = json.loads((out / "round1" / "stages.json").read_text()).values()
+    assert main(rounds_args(out)) == 0
+    again = json.loads(stages_file.read_text())["earlier-rounds"]
+    assert again["seconds"] == pytest.approx(sum(stage["seconds"] for stage in round1))
+    assert again["seconds"] > 1 and not again["time_partial"]
+
+
 def drive(spec, gas: bool) -> np.ndarray:
     """A CarRacing C that ignores its input: straight on at full gas, or full brake."""
     params = np.zeros(spec.num_params, dtype=np.float32)
@@ -401,7 +419,7 @@ def drive(spec, gas: bool) -> np.ndarray:
     return params
 
 
-def testkeep_best_round_makes_the_better_rounds_agent_the_runs(two_rounds, tmp_path):
+def test_keep_best_round_makes_the_better_rounds_agent_the_runs(two_rounds, tmp_path, capsys):
     """Every round's agent plays the same fresh selection tracks (no track that trains, selects
     within a round or scores); the best mean is the run's agent: Agent.load and evaluate give
     round 1's V, M and C when round 1 drives and round 2 brakes, round 2's own when it is the
@@ -412,6 +430,7 @@ def testkeep_best_round_makes_the_better_rounds_agent_the_runs(two_rounds, tmp_p
     from worldmodels.controller.evaluate import evaluate_agent
     from worldmodels.controller.train import save_params
     from worldmodels.pipeline import ROUNDS_JSON, RunPaths, keep_best_round, read_run_config
+    from worldmodels.play.session import load_play_models
 
     run, log = two_rounds
     assert "rounds on 2 fresh selection tracks: round 1 " in log
@@ -446,3 +465,8 @@ def testkeep_best_round_makes_the_better_rounds_agent_the_runs(two_rounds, tmp_p
         )
         kept = record["rounds"][chosen - 1]["returns"]
         np.testing.assert_allclose(played.returns, kept, atol=1e-3)
+        assert load_play_models(out).run_dir == source  # the page dreams in the kept round
+        capsys.readouterr()
+        assert main(["evaluate", str(out), "--episodes", "1", "--max-steps", "20"]) == 0
+        named = f"the run's agent is {out / 'round1'}'s" in capsys.readouterr().out
+        assert named == round1_drives

@@ -12,6 +12,7 @@ the dream) takes raw (B, 240, 320, 3) screens and gives (B, 1) tanh outputs, whi
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +50,8 @@ def agent_source(run_dir: str | Path, which: str = "best") -> tuple[Path, dict]:
     folder = find_controller_dir(run_dir)
     info = read_controller_json(folder)
     if which == "best" and info.get("agent_from"):
-        folder = find_controller_dir(folder / info.get("relative_to", "..") / info["agent_from"])
+        other = os.path.normpath(folder / info.get("relative_to", "..") / info["agent_from"])
+        folder = find_controller_dir(other)
         info = read_controller_json(folder)
         if info.get("agent_from"):
             raise ValueError(f"{folder}: agent_from leads to another ({info['agent_from']})")

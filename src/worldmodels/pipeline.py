@@ -160,7 +160,8 @@ def run_pipeline(
         start = time.perf_counter()
         result = _STAGE_FUNCTIONS[stage](config, paths, progress, cluster, log)
         seconds = max(time.perf_counter() - start, result.seconds or 0.0)
-        partial = result.resumed and result.seconds is None  # earlier runs' time not known
+        # earlier runs' time not known
+        partial = result.partial or (result.resumed and result.seconds is None)
         done[stage] = {"seconds": seconds, "summary": result.line, "time_partial": partial}
         atomic_write_json(stages_file, done)
         log(f"[{stage}] {result.line} ({seconds:.0f} s)")
@@ -176,6 +177,7 @@ class StageResult:
     line: str
     seconds: float | None = None
     resumed: bool = False
+    partial: bool = False  # ``seconds`` leaves out some time spent before a resume
 
 
 def round_config(config: PipelineConfig, k: int, root: Path) -> PipelineConfig:
@@ -215,7 +217,7 @@ def _earlier_rounds(config: PipelineConfig, paths: RunPaths, progress, cluster, 
     rounds = config.iterate.rounds
     if rounds == 1:
         return StageResult("one round: none before this one")
-    lines = []
+    lines, seconds, partial = [], 0.0, False
     for k in range(1, rounds):
         folder = paths.root / f"round{k}"
         run_pipeline(
@@ -227,9 +229,12 @@ def _earlier_rounds(config: PipelineConfig, paths: RunPaths, progress, cluster, 
             cluster=cluster,
             stages=STAGES[1 : STAGES.index("train-controller") + 1],
         )
-        trained = finished_stages(RunPaths(folder))["train-controller"]["summary"]
-        lines.append(f"round {k} ({folder.name}/): {trained}")
-    return StageResult("; ".join(lines))
+        stages = finished_stages(RunPaths(folder))
+        lines.append(f"round {k} ({folder.name}/): {stages['train-controller']['summary']}")
+        # the rounds' own stage times, which count the time before a resume where they can
+        seconds += sum(stage["seconds"] for stage in stages.values())
+        partial = partial or any(stage.get("time_partial") for stage in stages.values())
+    return StageResult("; ".join(lines), seconds, partial=partial)
 
 
 def _collect(config: PipelineConfig, paths: RunPaths, progress: bool, cluster, log) -> StageResult:

@@ -47,11 +47,14 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from worldmodels.agent import Agent
+    from worldmodels.agent import Agent, agent_source, find_controller_dir
     from worldmodels.controller.evaluate import evaluate_agent, record_video, save_eval
     from worldmodels.envs.doom import DEFAULT_MAX_STEPS as DOOM_MAX_STEPS
 
     agent = Agent.load(args.run_dir, device=args.device, which=args.params)
+    source, _ = agent_source(args.run_dir, args.params)
+    if source.resolve() != find_controller_dir(args.run_dir).resolve():
+        print(f"the run's agent is {source.parent}'s (agent_from in its controller.json)")
     if args.max_steps is None:
         args.max_steps = DOOM_MAX_STEPS if agent.env == "doom" else EvalConfig().max_steps
     result = evaluate_agent(

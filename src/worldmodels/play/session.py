@@ -100,6 +100,18 @@ class PlayModels:
         }
 
 
+def kept_round(run_dir: Path) -> Path:
+    """The run folder of ``run_dir``'s agent: an earlier round's, when an iterated run kept it
+    (``agent_from`` in its controller.json), else ``run_dir`` itself."""
+    from worldmodels.controller.train import read_controller_json
+
+    try:
+        agent_from = read_controller_json(run_dir / "controller").get("agent_from")
+    except (FileNotFoundError, ValueError):  # no C or an unreadable one: load_controller says
+        return run_dir
+    return run_dir / agent_from if agent_from else run_dir
+
+
 def run_game(run_dir: Path) -> str | None:
     """The game a run folder was made for (its config.json, else its controller.json)."""
     from worldmodels.utils.io import read_json
@@ -123,7 +135,8 @@ def load_play_models(
     env: str | None = None,
     real: bool = True,
 ) -> PlayModels:
-    """V, M, the series store's first frames and (when trained) C of a run folder.
+    """V, M, the series store's first frames and (when trained) C of a run folder: of the
+    round whose agent it kept, when an iterated run kept an earlier one (``agent_from``).
 
     Missing or corrupt V, M or series store: an error naming the file. A missing or unfit
     controller only switches C's takeover off (with the reason); so do M's absent heads.
@@ -136,6 +149,7 @@ def load_play_models(
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run folder not found: {run_dir}")
+    run_dir = kept_round(run_dir)
     env = env or run_game(run_dir)
     if env not in GAMES:
         raise ValueError(
