@@ -40,17 +40,24 @@ def find_controller_dir(run_dir: str | Path) -> Path:
     )
 
 
+def kept_run(folder: Path, info: dict) -> Path | None:
+    """The run folder whose agent is the ``best`` agent of the controller folder ``folder``
+    (controller.json ``info``): the one its ``agent_from`` names (an iterated run that kept an
+    earlier round's agent, ``iterate.keep_best_round``), or None for its own."""
+    if not info.get("agent_from"):
+        return None
+    return Path(os.path.normpath(folder / info.get("relative_to", "..") / info["agent_from"]))
+
+
 def agent_source(run_dir: str | Path, which: str = "best") -> tuple[Path, dict]:
-    """The controller folder a run's agent comes from and its controller.json. A run whose
-    ``best`` agent is another run's (an iterated run that kept an earlier round's agent,
-    ``iterate.keep_best_round``) names that run in ``agent_from``, relative to its own
-    folder; ``latest`` is always the folder's own CMA-ES mean."""
+    """The controller folder a run's agent comes from and its controller.json: for ``best``,
+    the run :func:`kept_run` names, if any; ``latest`` is always the folder's own CMA-ES mean."""
     from worldmodels.controller.train import read_controller_json
 
     folder = find_controller_dir(run_dir)
     info = read_controller_json(folder)
-    if which == "best" and info.get("agent_from"):
-        other = os.path.normpath(folder / info.get("relative_to", "..") / info["agent_from"])
+    other = kept_run(folder, info) if which == "best" else None
+    if other is not None:
         folder = find_controller_dir(other)
         info = read_controller_json(folder)
         if info.get("agent_from"):

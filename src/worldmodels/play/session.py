@@ -103,13 +103,15 @@ class PlayModels:
 def kept_round(run_dir: Path) -> Path:
     """The run folder of ``run_dir``'s agent: an earlier round's, when an iterated run kept it
     (``agent_from`` in its controller.json), else ``run_dir`` itself."""
+    from worldmodels.agent import find_controller_dir, kept_run
     from worldmodels.controller.train import read_controller_json
 
     try:
-        agent_from = read_controller_json(run_dir / "controller").get("agent_from")
+        folder = find_controller_dir(run_dir)
+        other = kept_run(folder, read_controller_json(folder))
     except (FileNotFoundError, ValueError):  # no C or an unreadable one: load_controller says
         return run_dir
-    return run_dir / agent_from if agent_from else run_dir
+    return other or run_dir
 
 
 def run_game(run_dir: Path) -> str | None:
