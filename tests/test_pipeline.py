@@ -394,6 +394,26 @@ def test_each_round_collects_with_the_agent_of_the_round_before(two_rounds, caps
     assert capsys.readouterr().out.count("done already") == len(STAGES)
 
 
+def test_round_1s_steps_and_time_are_its_own_and_later_rounds_take_the_sections(tmp_path):
+    """iterate.rounds=3, warm: round 1 (cold) trains V for iterate.vae_steps and C for
+    iterate.controller_budget_s; rounds 2 and 3 refine the round before's V, M and C with the
+    sections' steps and time, and collect with its agent."""
+    from worldmodels.pipeline import round_config
+
+    config = preset("laptop")
+    config = apply_overrides(config, ["iterate.rounds=3"])
+    rounds = [round_config(config, k, tmp_path) for k in (1, 2, 3)]
+    assert (rounds[0].vae.max_steps, rounds[0].controller.time_budget_s) == (2400, 3600)
+    assert rounds[0].collect.policy == "brownian" and rounds[0].vae.init is None
+    for k, later in ((2, rounds[1]), (3, rounds[2])):
+        assert (later.vae.max_steps, later.controller.time_budget_s) == (800, 25 * 60)
+        before = tmp_path / f"round{k - 1}"
+        assert later.collect.policy == "agent" and later.collect.agent == str(before)
+        assert later.vae.init == str(before / "vae" / "vae.pt")
+        assert later.controller.init == str(before / "controller" / BEST)
+    assert rounds[2].iterate == config.iterate and rounds[1].iterate.rounds == 1
+
+
 def test_resumed_earlier_rounds_record_the_rounds_own_time(two_rounds, tmp_path):
     """Killed after round 1 finished but before its stage was recorded, the resumed run records
     round 1's stage times (each kept over its own resumes), not the seconds the resume took."""

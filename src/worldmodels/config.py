@@ -343,8 +343,9 @@ class IterateConfig:
     again. ``rounds - 1`` earlier rounds, each a whole run up to C in RUN/round1, RUN/round2,
     ...; round 1 collects with ``collect.policy``, every later round (the last in RUN itself)
     with the agent of the round before it (policy agent, noise ``collect.agent_noise``), on
-    the same tracks (seeds) as round 1: the agent's driving is what is new. An earlier round
-    may train V for fewer steps and C for less time than the last one. 1 round is the plain
+    the same tracks (seeds) as round 1: the agent's driving is what is new. Round 1 of several
+    may train V for other steps and C for another time than the later rounds (``vae_steps``,
+    ``controller_budget_s``; every later round takes the sections'). 1 round is the plain
     method.
 
     ``warm_start`` (a deviation: the paper trains every round from scratch) starts each later
@@ -359,8 +360,8 @@ class IterateConfig:
     """
 
     rounds: int = 1
-    vae_steps: int | None = None  # V's steps in an earlier round (None: the vae section's)
-    controller_budget_s: float | None = None  # an earlier round's CMA-ES time (None: the same)
+    vae_steps: int | None = None  # V's steps in round 1 of several (None: the vae section's)
+    controller_budget_s: float | None = None  # round 1's CMA-ES time (None: the controller's)
     warm_start: bool = False
     keep_best_round: bool = False
 

@@ -183,7 +183,8 @@ class StageResult:
 def round_config(config: PipelineConfig, k: int, root: Path) -> PipelineConfig:
     """Round ``k`` (1-based) of an iterated run at ``root``: its collection (the agent of round
     k - 1 after the first), with ``warm_start`` that round's V, M and C as the starting
-    points, and for an earlier round its V steps and CMA-ES time."""
+    points, and for round 1 of several its own V steps and CMA-ES time (every later round,
+    which with ``warm_start`` refines what it inherits, takes the sections')."""
     it = config.iterate
     collect, vae, mdrnn, controller = config.collect, config.vae, config.mdrnn, config.controller
     if k > 1:
@@ -193,7 +194,7 @@ def round_config(config: PipelineConfig, k: int, root: Path) -> PipelineConfig:
             vae = dataclasses.replace(vae, init=str(before.vae))
             mdrnn = dataclasses.replace(mdrnn, init=str(before.mdrnn))
             controller = dataclasses.replace(controller, init=str(before.best_params))
-    if k < it.rounds:
+    if k == 1 < it.rounds:
         if it.vae_steps is not None:
             vae = dataclasses.replace(vae, max_steps=it.vae_steps)
         if it.controller_budget_s is not None:
