@@ -66,6 +66,45 @@ def test_a_terminated_doom_collection_leaves_no_game_behind(tmp_path):
     assert code == -signal.SIGKILL
 
 
+class _Hung:
+    """An environment whose close never returns; ``deaf``: SIGTERM cannot end it either."""
+
+    def __init__(self, deaf: bool):
+        self.deaf = deaf
+
+    def close(self):
+        if self.deaf:
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        time.sleep(600)
+
+
+@pytest.mark.parametrize("deaf", [False, True], ids=["hung", "hung-and-deaf"])
+def test_a_worker_that_will_not_close_goes_with_its_game_engine(deaf):
+    """A worker whose environments hang on close is ended (SIGTERM, then SIGKILL), and the
+    ViZDoom engine process it started goes too: left running, it kept the command's output
+    pipes open after the command had exited."""
+    pytest.importorskip("vizdoom")
+    from worldmodels.envs.doom import _Game, _play
+    from worldmodels.envs.workers import EnvWorkers
+
+    made = []
+
+    def make(max_steps):  # in the worker: a real game, then the hung environment
+        made.append(None)
+        return _Game(max_steps) if len(made) == 1 else _Hung(deaf)
+
+    pool = EnvWorkers("ViZDoom", make, _play, num_envs=2, max_steps=50, workers=1)
+    pool.run("reset", {0: 7})  # the game's engine is started by its first reset
+    (worker,) = pool.procs
+    engines = children(worker.pid)
+    assert engines, "the game's engine process"
+    start = time.monotonic()
+    pool.close()
+    assert time.monotonic() - start < 30
+    assert not alive(worker.pid)
+    wait_for(lambda: not any(alive(p) for p in engines), 10, "the engine to exit")
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
 def test_a_stopped_ray_collection_leaves_no_ray_process(tmp_path, signum):
     """The local Ray instance a command starts (GCS, raylet, workers, agents) goes with it,

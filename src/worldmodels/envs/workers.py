@@ -12,10 +12,12 @@ traceback or exit code, never a hang.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import sys
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 
 
 def _serve(
@@ -66,7 +68,6 @@ def _signal_me_when_parent_dies(signum: int) -> None:
     if not sys.platform.startswith("linux"):
         return
     import ctypes
-    import os
 
     parent = os.getppid()
     try:
@@ -90,7 +91,6 @@ class EnvWorkers:
         workers: int | None,
     ):
         import multiprocessing as mp
-        import os
 
         if workers is None:
             workers = 0 if num_envs == 1 else min(num_envs, os.cpu_count() or 1)
@@ -159,13 +159,45 @@ class EnvWorkers:
     def close(self) -> None:
         for e in self.local:
             e.close()
-        for conn, proc in zip(self.conns, self.procs, strict=True):
-            try:
+        for conn in self.conns:  # all close at once
+            with contextlib.suppress(OSError):
                 conn.send(("close", None))
-                conn.recv()
-            except (OSError, EOFError):
-                pass
-            proc.join(timeout=5)
-            if proc.is_alive():
-                proc.kill()
+        for conn, proc in zip(self.conns, self.procs, strict=True):
+            _end(conn, proc)
         self.conns, self.procs, self.local = [], [], []
+
+
+def _end(conn, proc, wait_s: float = 5.0) -> None:
+    """Wait for a worker told to close, reading what it still sends (an unread answer larger
+    than the pipe's buffer would block it). One that neither ends nor answers within
+    ``wait_s`` gets SIGTERM (it closes its games, as on Ctrl-C), then SIGKILL together with
+    the processes it started: a ViZDoom engine outlives a killed worker, holding the
+    command's output pipes open."""
+    with contextlib.suppress(OSError, EOFError):
+        while conn.poll(wait_s):  # until end-of-file: the worker has exited
+            conn.recv()
+    conn.close()
+    proc.join(timeout=wait_s)
+    if proc.is_alive():
+        proc.terminate()
+        proc.join(timeout=wait_s)
+    if proc.is_alive():
+        started = _descendants(proc.pid)
+        proc.kill()
+        proc.join()
+        for pid in started:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _descendants(pid: int) -> list[int]:
+    """The processes below ``pid`` (Linux /proc; none found elsewhere)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            kids = [int(k) for k in (task / "children").read_text().split()]
+        except OSError:
+            continue
+        for kid in kids:
+            found += [kid, *_descendants(kid)]
+    return found
