@@ -432,6 +432,43 @@ def test_resumed_earlier_rounds_record_the_rounds_own_time(two_rounds, tmp_path)
     assert again["seconds"] > 1 and not again["time_partial"]
 
 
+def test_more_rounds_on_a_finished_run_go_on_from_its_last_round(two_rounds, tmp_path):
+    """iterate.rounds=3 on a finished 2-round run: its round 2 (outputs, stage record) moves to
+    RUN/round2 as a 3-round run's round 2, with its own agent and nothing trained again; round
+    3 collects with round 2's agent and refines its V. A change to a finished stage of that
+    round is refused with nothing moved; a move stopped midway is finished by the next run."""
+    import shutil
+
+    from worldmodels.data.store import load_manifest
+    from worldmodels.pipeline import read_run_config, round_config
+
+    out = tmp_path / "run"
+    shutil.copytree(two_rounds[0], out)
+    before = sorted(p.name for p in out.iterdir())
+    best = (out / "controller" / BEST).read_bytes()
+    three = [*rounds_args(out), "--set", "iterate.rounds=3"]
+    assert main([*three, "--set", "vae.max_steps=30"]) == 2
+    assert sorted(p.name for p in out.iterdir()) == before
+    (out / "round2.adding").mkdir()  # a move stopped after V's folder
+    (out / "vae").rename(out / "round2.adding" / "vae")
+    assert main(three) == 0
+    round2 = out / "round2"
+    assert (round2 / "controller" / BEST).read_bytes() == best
+    controller = json.loads((round2 / "controller" / "controller.json").read_text())
+    assert "agent_from" not in controller
+    config, _ = read_run_config(out)
+    saved, name = read_run_config(round2)
+    assert saved == round_config(config, 2, out) and name == "round 2 of 3"
+    assert set(json.loads((round2 / "stages.json").read_text())) == set(STAGES[1:6])
+    assert (round2 / "eval.json").exists() and not (out / "round2.adding").exists()
+    identity = load_manifest(out / "episodes")["identity"]
+    assert identity["policy"] == "agent" and identity["agent"] == str(round2.resolve())
+    vae = json.loads((out / "vae" / "config.json").read_text())
+    assert vae["init"] == str(round2 / "vae" / "vae.pt")
+    stages = json.loads((out / "stages.json").read_text())
+    assert set(stages) == set(STAGES) and "round 2 (round2/)" in stages["earlier-rounds"]["summary"]
+
+
 def drive(spec, gas: bool) -> np.ndarray:
     """A CarRacing C that ignores its input: straight on at full gas, or full brake."""
     params = np.zeros(spec.num_params, dtype=np.float32)

@@ -16,6 +16,7 @@ second run on the same folder must use the same config.
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -101,6 +102,8 @@ def prepare_run(out: str | Path, config: PipelineConfig, preset_name: str) -> Ru
         raise NotADirectoryError(f"{paths.root}: exists and is not a folder")
     if config_file.exists():
         saved_config, saved_preset = read_run_config(paths.root)
+        if config.iterate.rounds > saved_config.iterate.rounds:
+            make_last_round_an_earlier_one(paths, saved_config, config)
         changed = config_differences(saved_config, config)
         frozen = frozen_keys(changed, finished_stages(paths))
         if frozen:
@@ -118,6 +121,52 @@ def prepare_run(out: str | Path, config: PipelineConfig, preset_name: str) -> Ru
         config_file, {"type": "PipelineConfig", "preset": preset_name, **to_dict(config)}
     )
     return paths
+
+
+ROUND_FOLDER = re.compile(r"round\d+")  # an earlier round's folder in a run folder
+
+
+def make_last_round_an_earlier_one(
+    paths: RunPaths, saved: PipelineConfig, config: PipelineConfig
+) -> None:
+    """More rounds for a run (``config`` has more than ``saved``): the run's own round, its
+    outputs and its record of finished stages, becomes round ``saved.iterate.rounds`` of
+    ``config`` in its own folder, with its own agent (an ``agent_from`` is dropped), and the
+    run goes on from there. Refused (ValueError, nothing moved) where that round's finished
+    stages would have been trained with other settings under ``config``. A move that was
+    stopped is finished by the next call."""
+    k = saved.iterate.rounds
+    target, staging = paths.root / f"round{k}", paths.root / f"round{k}.adding"
+    if target.is_dir() and not staging.exists():  # moved; stopped before the record was reset
+        atomic_write_json(paths.root / "stages.json", {})
+        return
+    own_stages = STAGES[1 : STAGES.index("train-controller") + 1]
+    finished = {s: v for s, v in finished_stages(paths).items() if s in own_stages}
+    was = dataclasses.replace(last_round(saved, paths), iterate=IterateConfig())
+    now = round_config(config, k, paths.root)
+    frozen = frozen_keys(config_differences(was, now), finished)
+    if frozen:
+        raise ValueError(
+            f"{paths.root}: its round {k} would become round {k} of {config.iterate.rounds}, "
+            f"whose finished stages it trained with other settings "
+            f"({', '.join(assignments(was, frozen))}); nothing moved"
+        )
+    staging.mkdir(exist_ok=True)
+    preset = f"round {k} of {config.iterate.rounds}"
+    atomic_write_json(
+        staging / "config.json", {"type": "PipelineConfig", "preset": preset, **to_dict(was)}
+    )
+    atomic_write_json(staging / "stages.json", finished)
+    keep = {"config.json", "stages.json", staging.name}
+    for item in sorted(paths.root.iterdir()):
+        if item.name not in keep and not ROUND_FOLDER.fullmatch(item.name):
+            item.rename(staging / item.name)
+    if (staging / "controller" / "controller.json").exists():
+        from worldmodels.controller.train import set_agent_from
+
+        set_agent_from(staging / "controller", None)
+    staging.rename(target)
+    atomic_write_json(paths.root / "stages.json", {})
 
 
 def read_run_config(root: Path) -> tuple[PipelineConfig, str | None]:

@@ -34,7 +34,8 @@ def add_arguments(p) -> None:
         help="change one setting of the preset, e.g. --set controller.rollouts=8 --set "
         "collect.policy=random_weights (sections: collect, vae, mdrnn, controller, evaluate, "
         "dream, iterate: --set iterate.rounds=2 collects a second round's data with the first "
-        "round's agent, the paper's iterative procedure); repeatable; saved in the run's "
+        "round's agent, the paper's iterative procedure; a higher iterate.rounds on an "
+        "existing run adds rounds after its own); repeatable; saved in the run's "
         "config.json. On resume, settings of unfinished stages may change, those of finished "
         "stages may not",
     )
