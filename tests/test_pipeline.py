@@ -447,7 +447,8 @@ def test_more_rounds_on_a_finished_run_go_on_from_its_last_round(two_rounds, tmp
     before = sorted(p.name for p in out.iterdir())
     best = (out / "controller" / BEST).read_bytes()
     three = [*rounds_args(out), "--set", "iterate.rounds=3"]
-    assert main([*three, "--set", "vae.max_steps=30"]) == 2
+    assert main([*three, "--set", "vae.max_steps=30"]) == 2  # round 2's V
+    assert main([*three, "--set", "iterate.vae_steps=11"]) == 2  # round 1's V
     assert sorted(p.name for p in out.iterdir()) == before
     (out / "round2.adding").mkdir()  # a move stopped after V's folder
     (out / "vae").rename(out / "round2.adding" / "vae")

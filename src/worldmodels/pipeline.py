@@ -142,19 +142,21 @@ def make_last_round_an_earlier_one(
         return
     own_stages = STAGES[1 : STAGES.index("train-controller") + 1]
     finished = {s: v for s, v in finished_stages(paths).items() if s in own_stages}
-    was = dataclasses.replace(last_round(saved, paths), iterate=IterateConfig())
-    now = round_config(config, k, paths.root)
-    frozen = frozen_keys(config_differences(was, now), finished)
-    if frozen:
-        raise ValueError(
-            f"{paths.root}: its round {k} would become round {k} of {config.iterate.rounds}, "
-            f"whose finished stages it trained with other settings "
-            f"({', '.join(assignments(was, frozen))}); nothing moved"
-        )
+    for j in range(1, k + 1):  # every round's finished stages keep their settings
+        was = dataclasses.replace(round_config(saved, j, paths.root), iterate=IterateConfig())
+        now = round_config(config, j, paths.root)
+        done = finished if j == k else finished_stages(RunPaths(paths.root / f"round{j}"))
+        frozen = frozen_keys(config_differences(was, now), done)
+        if frozen:
+            raise ValueError(
+                f"{paths.root}: {config.iterate.rounds} rounds would change settings of round "
+                f"{j}'s finished stages ({', '.join(assignments(was, frozen))}); nothing moved"
+            )
     staging.mkdir(exist_ok=True)
     preset = f"round {k} of {config.iterate.rounds}"
+    settings = to_dict(round_config(config, k, paths.root))
     atomic_write_json(
-        staging / "config.json", {"type": "PipelineConfig", "preset": preset, **to_dict(was)}
+        staging / "config.json", {"type": "PipelineConfig", "preset": preset, **settings}
     )
     atomic_write_json(staging / "stages.json", finished)
     keep = {"config.json", "stages.json", staging.name}
