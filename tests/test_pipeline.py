@@ -470,6 +470,26 @@ def test_more_rounds_on_a_finished_run_go_on_from_its_last_round(two_rounds, tmp
     assert set(stages) == set(STAGES) and "round 2 (round2/)" in stages["earlier-rounds"]["summary"]
 
 
+def test_more_rounds_are_refused_where_round_1_would_have_trained_otherwise(
+    smoke_run, tmp_path, capsys
+):
+    """A one-round run made with iterate.vae_steps set (unused with one round) cannot become
+    round 1 of two: round 1 of several trains V for vae_steps, and this V had the vae
+    section's steps. Nothing is moved."""
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(smoke_run, out)
+    saved = json.loads((out / "config.json").read_text())
+    saved["iterate"]["vae_steps"] = 10
+    (out / "config.json").write_text(json.dumps(saved))
+    before = sorted(p.name for p in out.iterdir())
+    args = ["pipeline", "--preset", "smoke", "--out", str(out), "--set", "iterate.vae_steps=10"]
+    assert main([*args, "--set", "iterate.rounds=2"]) == 2
+    assert "round 1's finished stages (vae.max_steps=20)" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == before
+
+
 def drive(spec, gas: bool) -> np.ndarray:
     """A CarRacing C that ignores its input: straight on at full gas, or full brake."""
     params = np.zeros(spec.num_params, dtype=np.float32)

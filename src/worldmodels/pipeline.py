@@ -102,10 +102,11 @@ def prepare_run(out: str | Path, config: PipelineConfig, preset_name: str) -> Ru
         raise NotADirectoryError(f"{paths.root}: exists and is not a folder")
     if config_file.exists():
         saved_config, saved_preset = read_run_config(paths.root)
-        if config.iterate.rounds > saved_config.iterate.rounds:
-            make_last_round_an_earlier_one(paths, saved_config, config)
+        more_rounds = config.iterate.rounds > saved_config.iterate.rounds
         changed = config_differences(saved_config, config)
         frozen = frozen_keys(changed, finished_stages(paths))
+        if more_rounds:  # allowed: the run's own round becomes an earlier one
+            frozen = [key for key in frozen if key != "iterate.rounds"]
         if frozen:
             same = " ".join(f"--set {a}" for a in assignments(saved_config, frozen))
             raise ValueError(
@@ -113,6 +114,8 @@ def prepare_run(out: str | Path, config: PipelineConfig, preset_name: str) -> Ru
                 f"{saved_preset!r}): {', '.join(frozen)}; choose another --out, or resume "
                 f"with the same settings ({same})"
             )
+        if more_rounds:
+            make_last_round_an_earlier_one(paths, saved_config, config)
         preset_name = saved_preset if not changed else preset_name
     elif paths.root.is_dir() and any(paths.root.iterdir()):
         raise ValueError(f"{paths.root}: not empty and not a pipeline run folder; nothing written")
