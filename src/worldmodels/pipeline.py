@@ -127,6 +127,7 @@ def prepare_run(out: str | Path, config: PipelineConfig, preset_name: str) -> Ru
 
 
 ROUND_FOLDER = re.compile(r"round\d+")  # an earlier round's folder in a run folder
+ROUND_STAGES = STAGES[1 : STAGES.index("train-controller") + 1]  # what an earlier round runs
 
 
 def make_last_round_an_earlier_one(
@@ -143,8 +144,7 @@ def make_last_round_an_earlier_one(
     if target.is_dir() and not staging.exists():  # moved; stopped before the record was reset
         atomic_write_json(paths.root / "stages.json", {})
         return
-    own_stages = STAGES[1 : STAGES.index("train-controller") + 1]
-    finished = {s: v for s, v in finished_stages(paths).items() if s in own_stages}
+    finished = {s: v for s, v in finished_stages(paths).items() if s in ROUND_STAGES}
     for j in range(1, k + 1):  # every round's finished stages keep their settings
         was = dataclasses.replace(round_config(saved, j, paths.root), iterate=IterateConfig())
         now = round_config(config, j, paths.root)
@@ -282,7 +282,7 @@ def _earlier_rounds(config: PipelineConfig, paths: RunPaths, progress, cluster, 
             progress=progress,
             log=lambda line, k=k: log(f"[round {k}] {line}"),
             cluster=cluster,
-            stages=STAGES[1 : STAGES.index("train-controller") + 1],
+            stages=ROUND_STAGES,
         )
         stages = finished_stages(RunPaths(folder))
         lines.append(f"round {k} ({folder.name}/): {stages['train-controller']['summary']}")
