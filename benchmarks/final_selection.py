@@ -8,8 +8,9 @@ A run trained with ``controller.final_top`` replayed its best few evaluated mean
 every one of those candidates on the same scoring episodes (seeds 0..99 by default: tracks no
 training or selection step saw) and prints, beside each other, the candidate the 2018 rule
 keeps (the best mean-eval on ``eval_episodes`` tracks, the baseline) and the one the final
-selection keeps, with the paired difference over the same tracks. Writes
-``controller/selection_scores.json``.
+selection keeps, with the paired difference over the same tracks (a warm start, generation 0,
+among them). ``--run`` may also name a controller folder (a run's ``refine/``). Writes
+``selection_scores.json`` beside ``selection.json``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from worldmodels.agent import Agent
+from worldmodels.agent import Agent, find_controller_dir, load_params
+from worldmodels.config import ControllerConfig, load_config
 from worldmodels.controller.evaluate import evaluate_agent
 from worldmodels.controller.train import SELECTION_JSON
 from worldmodels.evolution.cmaes import STATE, safe_loads
@@ -27,13 +29,16 @@ from worldmodels.utils.io import atomic_write_json, read_json
 
 
 def score_candidates(run: Path, episodes: int, seed: int, backend: str, num_envs: int) -> dict:
-    folder = run / "controller"
+    folder = find_controller_dir(run)
     record = read_json(folder / SELECTION_JSON, "final selection")
     state = safe_loads((folder / STATE).read_bytes())
+    agent = Agent.load(folder, which="latest")  # this folder's own V and M, whatever it kept
     by_generation = {int(e["generation"]): e["params"] for e in state.evaluated}
+    init = load_config(ControllerConfig, folder / "config.json").init
+    if init is not None:  # the warm start competed as generation 0
+        by_generation[0] = load_params(Path(init), agent.spec)
     rows = record["candidates"]
     params = np.stack([by_generation[r["generation"]] for r in rows])
-    agent = Agent.load(run)
     scores = [  # each candidate scored exactly as `worldmodels evaluate` scores best.npy
         evaluate_agent(
             Agent(agent.policy, p, agent.env, agent.vae_path, agent.mdrnn_path),
@@ -94,7 +99,7 @@ def main() -> None:
         f"(seeds {result['seeds'][0]}..{result['seeds'][1]}): "
         f"{result['paired_difference']:+.1f} (SE {result['paired_se']:.1f})"
     )
-    atomic_write_json(args.run / "controller" / "selection_scores.json", result)
+    atomic_write_json(find_controller_dir(args.run) / "selection_scores.json", result)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ def test_every_preset_is_valid_and_survives_its_config_file(name):
         config.controller,
         config.evaluate,
         config.iterate,
+        config.refine,
     ):
         part.validate()
     if config.dream is not None:
@@ -223,6 +224,9 @@ def test_set_changes_typed_settings_of_a_preset():
         ("dream.temperature=2", "no 'dream' section"),
         ("controller.final_episodes=0", "final_episodes must be positive"),
         ("controller.rollouts", "expected SECTION.KEY=VALUE"),
+        ("refine.popsize=1", "refine: popsize must be at least 2"),
+        ("refine.final_top=0", "refine: final_top must be positive"),
+        ("refine.time_budget_s=-1", "refine: time_budget_s must be >= 0"),
     ],
 )
 def test_set_refuses_bad_settings_in_one_line_and_writes_nothing(
@@ -241,6 +245,8 @@ def test_a_final_selection_needs_mean_evals_in_the_game():
         apply_overrides(preset("doom-laptop"), ["controller.final_top=2"])
     with pytest.raises(ValueError, match="final_top chooses among the mean-evals"):
         apply_overrides(preset("smoke"), ["controller.eval_every=0"])
+    with pytest.raises(ValueError, match="refine evolves C in the real game"):
+        apply_overrides(preset("doom-laptop"), ["refine.time_budget_s=60"])
 
 
 def test_set_on_resume_changes_unfinished_stages_only(smoke_run, tmp_path, capsys):
@@ -548,3 +554,164 @@ def test_keep_best_round_makes_the_better_rounds_agent_the_runs(two_rounds, tmp_
         assert main(["evaluate", str(out), "--episodes", "1", "--max-steps", "20"]) == 0
         named = f"the run's agent is {out / 'round1'}'s" in capsys.readouterr().out
         assert named == round1_drives
+
+
+REFINE_SETS = ["refine.time_budget_s=60", "refine.popsize=4", "refine.rollouts=1"]
+REFINE_SETS += ["refine.eval_every=1", "refine.eval_episodes=2", "refine.final_top=2"]
+REFINE_SETS += ["refine.final_episodes=2"]
+
+
+def with_refine(args: list[str]) -> list[str]:
+    return args + [a for x in REFINE_SETS for a in ("--set", x)]
+
+
+def test_a_warm_start_is_kept_unless_a_mean_beats_it_on_every_selection_track(smoke_run, tmp_path):
+    """The final selection of a warm-started CMA-ES (controller.init) replays the start, as
+    generation 0, on every selection track beside the best means: a driving start is kept
+    against a braking mean, a braking start gives way to a driving one."""
+    from worldmodels.agent import Agent
+    from worldmodels.config import ControllerConfig
+    from worldmodels.controller.rollout import RolloutEngine
+    from worldmodels.controller.train import final_selection, save_params
+    from worldmodels.envs import make_vec_env
+    from worldmodels.evolution.cmaes import ESSettings, new_state
+
+    agent = Agent.load(smoke_run, device="cpu")
+    spec = agent.spec
+    with make_vec_env(backend="gymnasium", num_envs=3, max_steps=50, workers=0) as env:
+        engine = RolloutEngine(agent.policy, env)
+        for start_drives in (True, False):
+            out = tmp_path / f"start-drives-{start_drives}"
+            out.mkdir()
+            config = ControllerConfig(
+                eval_episodes=2, final_top=2, final_episodes=3, init=str(out / "start.npy")
+            )
+            tracks = list(config.selection_seeds())
+            start, other = drive(spec, gas=start_drives), drive(spec, gas=not start_drives)
+            save_params(out / "start.npy", start)
+
+            def returns(params, seeds):
+                return engine.run(params[None], [(0, s) for s in seeds]).returns
+
+            state = new_state(ESSettings(num_params=spec.num_params, popsize=4))
+            state.evaluated.append(
+                {"generation": 10, "params": other, "returns": returns(other, tracks[:2])}
+            )
+            record = final_selection(state, engine, config, out, spec)
+            rows = {r["generation"]: r for r in record["candidates"]}
+            assert set(rows) == {0, 10} and all(r["episodes"] == 5 for r in rows.values())
+            for generation, params in ((0, start), (10, other)):
+                mean = returns(params, tracks).mean()
+                assert rows[generation]["selection_mean"] == pytest.approx(mean, abs=1e-3)
+            assert abs(rows[0]["selection_mean"] - rows[10]["selection_mean"]) > 5
+            assert record["chosen"] == (0 if start_drives else 10)
+            np.testing.assert_array_equal(np.load(out / BEST), drive(spec, gas=True))
+
+
+def force_refine_choice(run, chosen: int) -> None:
+    """The refinement's final selection as if it had chosen ``chosen``; its stage and the ones
+    after it unfinished, so the next run replays the choice."""
+    record_file = run / "refine" / "selection.json"
+    record = json.loads(record_file.read_text())
+    record["chosen"] = chosen
+    record_file.write_text(json.dumps(record))
+    stages = json.loads((run / "stages.json").read_text())
+    for stage in ("refine-controller", "evaluate", "report"):
+        stages.pop(stage, None)
+    (run / "stages.json").write_text(json.dumps(stages))
+
+
+def test_refine_on_a_finished_run_and_the_agent_it_keeps(smoke_run, tmp_path, capsys):
+    """refine.time_budget_s > 0 on a finished run: a second CMA-ES starts from the run's
+    best.npy (its own training tracks, the refine section's population) in RUN/refine, and
+    the run is scored again. The refined agent is the run's (Agent.load, evaluate, play)
+    only where the final selection chose it over the start; a rerun starts from the same
+    agent, not from the refined one it made the run's."""
+    import shutil
+
+    from worldmodels.agent import Agent
+    from worldmodels.config import ControllerConfig, load_config
+    from worldmodels.pipeline import REFINE_SEED
+    from worldmodels.play.session import load_play_models
+
+    run = tmp_path / "run"
+    shutil.copytree(smoke_run, run)
+    start = np.load(run / "controller" / BEST)
+    eval_before = (run / "eval.json").stat().st_mtime_ns
+    args = with_refine(["pipeline", "--preset", "smoke", "--out", str(run), "--no-progress"])
+    assert main(args) == 0
+    log = capsys.readouterr().out
+    assert "[refine-controller] starting" in log and "[evaluate] starting" in log
+    assert "[report] starting" in log and (run / "eval.json").stat().st_mtime_ns != eval_before
+    assert set(json.loads((run / "stages.json").read_text())) == set(STAGES)
+    settings = load_config(ControllerConfig, run / "refine" / "config.json")
+    assert settings.init == str(run / "controller" / BEST)
+    assert settings.seed == preset("smoke").controller.seed + REFINE_SEED
+    assert (settings.popsize, settings.rollouts, settings.eval_episodes) == (4, 1, 2)
+    assert settings.time_budget_s == 60 and settings.early_stop == 20  # the rest: controller's
+    record = json.loads((run / "refine" / "selection.json").read_text())
+    generations = [r["generation"] for r in record["candidates"]]
+    assert 0 in generations and len(generations) == 3
+    assert "Controller training" in (run / "report.md").read_text()
+    assert "refine/curve.png" in (run / "report.md").read_text()
+    refined = next(g for g in generations if g)
+    for chosen in (refined, 0, refined):
+        force_refine_choice(run, chosen)
+        assert main(args) == 0
+        line = json.loads((run / "stages.json").read_text())["refine-controller"]["summary"]
+        info = json.loads((run / "controller" / "controller.json").read_text())
+        agent = Agent.load(run, device="cpu")
+        assert agent.vae_path.resolve() == (run / "vae" / "vae.pt").resolve()
+        play = load_play_models(run)
+        assert play.run_dir == run
+        if chosen:
+            assert info["agent_from"] == "refine" and "the refined agent is the run's" in line
+            kept = np.load(run / "refine" / BEST)
+            assert not np.array_equal(kept, start)
+        else:
+            assert "agent_from" not in info and "the agent it started from" in line
+            kept = start
+        np.testing.assert_array_equal(agent.params, kept)
+        np.testing.assert_array_equal(play.params, kept)
+        np.testing.assert_array_equal(np.load(run / "controller" / BEST), start)
+        assert load_config(ControllerConfig, run / "refine" / "config.json").init == str(
+            run / "controller" / BEST
+        )
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--episodes", "1", "--max-steps", "20"]) == 0
+    assert f"the run's agent is {run / 'refine'}'s" in capsys.readouterr().out
+
+
+def test_refine_starts_from_the_round_the_run_kept(two_rounds, tmp_path):
+    """An iterated run that kept round 1's agent refines round 1's C on round 1's V and M, and
+    the refined agent plays (and dreams, on the play page) with them."""
+    import shutil
+
+    from worldmodels.agent import Agent
+    from worldmodels.controller.train import save_params
+    from worldmodels.pipeline import RunPaths, keep_best_round, read_run_config
+    from worldmodels.play.session import load_play_models
+
+    out = tmp_path / "run"
+    shutil.copytree(two_rounds[0], out)
+    config, _ = read_run_config(out)
+    paths = RunPaths(out)
+    spec = Agent.load(out, device="cpu").spec
+    save_params(out / "round1" / "controller" / BEST, drive(spec, gas=True))
+    save_params(paths.best_params, drive(spec, gas=False))
+    assert "the run's agent is round 1's" in keep_best_round(config, paths, False, None)
+    assert main(with_refine(rounds_args(out))) == 0
+    info = json.loads((out / "refine" / "controller.json").read_text())
+    assert info["vae"] == "round1/vae/vae.pt" and info["mdrnn"] == "round1/mdrnn/mdrnn.pt"
+    settings = json.loads((out / "refine" / "config.json").read_text())
+    assert settings["init"] == str(out / "round1" / "controller" / BEST)
+    record = json.loads((out / "refine" / "selection.json").read_text())
+    force_refine_choice(out, next(r["generation"] for r in record["candidates"] if r["generation"]))
+    assert main(with_refine(rounds_args(out))) == 0
+    assert json.loads((out / "refine" / "config.json").read_text())["init"] == settings["init"]
+    agent = Agent.load(out, device="cpu")
+    assert agent.vae_path.resolve() == (out / "round1" / "vae" / "vae.pt").resolve()
+    np.testing.assert_array_equal(agent.params, np.load(out / "refine" / BEST))
+    play = load_play_models(out)
+    assert play.run_dir.resolve() == (out / "round1").resolve()
+    np.testing.assert_array_equal(play.params, agent.params)

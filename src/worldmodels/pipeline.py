@@ -7,6 +7,9 @@ collected by the agent of the round before it.
 With a ``dream`` section in the config (the ``doom`` presets), C is trained inside M's dream
 (:func:`worldmodels.dream.train.train_in_dream`) and evaluated in the real game.
 
+With ``refine.time_budget_s`` > 0, a second CMA-ES refines the run's agent in ``RUN/refine``
+(a deviation); the refined agent becomes the run's only where it beats the one it started from.
+
 A run folder holds one subfolder per stage and ``stages.json``, which records each finished
 stage; running the pipeline again skips finished stages and resumes the unfinished one from
 its own checkpoint. The run's config (from a named preset) is saved as ``config.json``; a
@@ -23,9 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from worldmodels.config import (
+    DREAM_REFINE,
     STAGES,
     IterateConfig,
     PipelineConfig,
+    RefineConfig,
     assignments,
     config_differences,
     from_dict,
@@ -89,6 +94,7 @@ SECTION_STAGE = {
     "mdrnn": "train-mdrnn",
     "controller": "train-controller",
     "dream": "train-controller",
+    "refine": "refine-controller",
     "evaluate": "evaluate",
 }
 
@@ -116,6 +122,7 @@ def prepare_run(out: str | Path, config: PipelineConfig, preset_name: str) -> Ru
             )
         if more_rounds:
             make_last_round_an_earlier_one(paths, saved_config, config)
+        rerun_idle_stages(paths, changed)
         preset_name = saved_preset if not changed else preset_name
     elif paths.root.is_dir() and any(paths.root.iterdir()):
         raise ValueError(f"{paths.root}: not empty and not a pipeline run folder; nothing written")
@@ -183,8 +190,23 @@ def read_run_config(root: Path) -> tuple[PipelineConfig, str | None]:
 
 
 def frozen_keys(changed: list[str], finished) -> list[str]:
-    """The changed settings (dotted keys) that belong to finished stages."""
-    return [k for k in changed if SECTION_STAGE[k.split(".")[0]] in finished]
+    """The changed settings (dotted keys) that belong to finished stages (not to a stage that
+    finished with nothing to do, as the refinement with no time)."""
+    stages = {k: SECTION_STAGE[k.split(".")[0]] for k in changed}
+    return [k for k in changed if stages[k] in finished and not finished[stages[k]].get("idle")]
+
+
+def rerun_idle_stages(paths: RunPaths, changed: list[str]) -> None:
+    """Forget the record of a stage that finished with nothing to do whose settings changed,
+    so that it runs with them."""
+    done = finished_stages(paths)
+    idle = {SECTION_STAGE[k.split(".")[0]] for k in changed} & {
+        stage for stage, record in done.items() if record.get("idle")
+    }
+    if idle:
+        atomic_write_json(
+            paths.root / "stages.json", {s: v for s, v in done.items() if s not in idle}
+        )
 
 
 def finished_stages(paths: RunPaths) -> dict:
@@ -217,6 +239,11 @@ def run_pipeline(
         # earlier runs' time not known
         partial = result.partial or (result.resumed and result.seconds is None)
         done[stage] = {"seconds": seconds, "summary": result.line, "time_partial": partial}
+        if result.idle:
+            done[stage]["idle"] = True
+        else:  # the later stages used what this stage has changed
+            for later in STAGES[STAGES.index(stage) + 1 :]:
+                done.pop(later, None)
         atomic_write_json(stages_file, done)
         log(f"[{stage}] {result.line} ({seconds:.0f} s)")
     return paths
@@ -232,6 +259,7 @@ class StageResult:
     seconds: float | None = None
     resumed: bool = False
     partial: bool = False  # ``seconds`` leaves out some time spent before a resume
+    idle: bool = False  # nothing to do with these settings: they may change on resume
 
 
 def round_config(config: PipelineConfig, k: int, root: Path) -> PipelineConfig:
@@ -260,6 +288,7 @@ def round_config(config: PipelineConfig, k: int, root: Path) -> PipelineConfig:
         mdrnn=mdrnn,
         controller=controller,
         iterate=config.iterate if k == it.rounds else IterateConfig(),
+        refine=config.refine if k == it.rounds else RefineConfig(),  # the run's agent only
     )
 
 
@@ -450,6 +479,68 @@ def keep_best_round(config: PipelineConfig, paths: RunPaths, progress, cluster) 
     )
 
 
+REFINE_FOLDER = "refine"  # the refine stage's controller folder in a run folder
+REFINE_START = "start.json"  # which agent the refinement started from
+REFINE_SEED = 7919  # added to controller.seed: the refinement's own training tracks
+
+
+def _refine_controller(
+    config: PipelineConfig, paths: RunPaths, progress: bool, cluster, log
+) -> StageResult:
+    from worldmodels.agent import agent_source, checkpoint_paths
+    from worldmodels.controller.train import set_agent_from, train_controller
+    from worldmodels.evolution.cmaes import STATE
+
+    refine = config.refine
+    if not refine.enabled:
+        return StageResult("none (refine.time_budget_s is 0)", idle=True)
+    if config.dream is not None:
+        raise ValueError(DREAM_REFINE)
+    folder = paths.root / REFINE_FOLDER
+    kept = refinement_start(paths, folder)
+    set_agent_from(paths.controller, kept)  # the agent before refinement (a rerun's too)
+    start, info = agent_source(paths.root)
+    vae, mdrnn, best = checkpoint_paths(start, info)
+    base = last_round(config, paths).controller
+    settings = dataclasses.replace(
+        base,
+        popsize=refine.popsize,
+        rollouts=refine.rollouts,
+        sigma0=refine.sigma0,
+        time_budget_s=refine.time_budget_s,
+        eval_every=refine.eval_every,
+        eval_episodes=refine.eval_episodes,
+        final_top=refine.final_top,
+        final_episodes=refine.final_episodes,
+        init=str(best),
+        seed=base.seed + REFINE_SEED,
+    )
+    resume = (folder / STATE).exists()
+    summary = train_controller(
+        vae, mdrnn, folder, settings, resume=resume, progress=progress, cluster=cluster
+    )
+    start_name = f"{kept}'s" if kept else "the run's own"
+    if summary.selection is not None and summary.selection["chosen"] == 0:
+        line = f"{summary.line()}; the agent it started from ({start_name}) kept"
+    else:
+        set_agent_from(paths.controller, REFINE_FOLDER)
+        line = f"{summary.line()}; the refined agent is the run's (it started from {start_name})"
+    return StageResult(line, summary.seconds, resume)
+
+
+def refinement_start(paths: RunPaths, folder: Path) -> str | None:
+    """The ``agent_from`` of the run's controller before its refinement (None: its own agent),
+    recorded in ``folder`` when the refinement first starts."""
+    from worldmodels.controller.train import read_controller_json
+
+    record = folder / REFINE_START
+    if not record.exists():
+        kept = read_controller_json(paths.controller).get("agent_from")
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(record, {"agent_from": kept})
+    return read_json(record, "refinement start")["agent_from"]
+
+
 def _evaluate(config: PipelineConfig, paths: RunPaths, progress: bool, cluster, log) -> StageResult:
     from worldmodels.agent import Agent
     from worldmodels.controller.evaluate import evaluate_agent, save_eval
@@ -484,6 +575,7 @@ _STAGE_FUNCTIONS = {
     "encode": _encode,
     "train-mdrnn": _train_mdrnn,
     "train-controller": _train_controller,
+    "refine-controller": _refine_controller,
     "evaluate": _evaluate,
     "report": _report,
 }

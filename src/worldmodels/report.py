@@ -49,6 +49,7 @@ def write_report(paths) -> Path:
             "controller",
             ("curve.png",),
         ),
+        ("C's refinement (refine.time_budget_s)", "refine", ("curve.png",)),
         (
             "C in the real game (left) and in M's dream, decoded by V (right)",
             "controller",

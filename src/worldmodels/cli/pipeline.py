@@ -7,8 +7,8 @@ from worldmodels.config import PRESETS
 
 NAME = "pipeline"
 HELP = (
-    "Run collect -> train-vae -> encode -> train-mdrnn -> train-controller -> evaluate -> "
-    "report from a preset; run it again to resume."
+    "Run collect -> train-vae -> encode -> train-mdrnn -> train-controller -> "
+    "refine-controller -> evaluate -> report from a preset; run it again to resume."
 )
 
 
@@ -35,7 +35,9 @@ def add_arguments(p) -> None:
         "collect.policy=random_weights (sections: collect, vae, mdrnn, controller, evaluate, "
         "dream, iterate: --set iterate.rounds=2 collects a second round's data with the first "
         "round's agent, the paper's iterative procedure; a higher iterate.rounds on an "
-        "existing run adds rounds after its own); repeatable; saved in the run's "
+        "existing run adds rounds after its own; refine: --set refine.time_budget_s=5400 "
+        "refines the run's C by a second CMA-ES, also on a finished run); repeatable; saved in "
+        "the run's "
         "config.json. On resume, settings of unfinished stages may change, those of finished "
         "stages may not",
     )

@@ -25,7 +25,13 @@ from worldmodels.envs import preprocess_for
 from worldmodels.evolution.cmaes import ESSettings, ESState, run_es
 from worldmodels.execution import rollout_engine
 from worldmodels.utils.device import pick_device
-from worldmodels.utils.io import atomic_write, atomic_write_bytes, atomic_write_json, read_json
+from worldmodels.utils.io import (
+    atomic_write,
+    atomic_write_bytes,
+    atomic_write_json,
+    file_digest_of,
+    read_json,
+)
 
 CONTROLLER_JSON = "controller.json"
 BEST = "best.npy"
@@ -48,8 +54,10 @@ class ControllerSummary:
         chosen = ""
         if self.selection is not None:
             row = chosen_row(self.selection)
+            gen = row["generation"]
+            which = f"the mean of generation {gen}" if gen else "the warm start (init)"
             chosen = (
-                f"; final selection: the mean of generation {row['generation']}, "
+                f"; final selection: {which}, "
                 f"{row['selection_mean']:.1f} over {row['episodes']} selection tracks"
             )
         return (
@@ -169,7 +177,7 @@ def train_controller(
             progress=progress,
             on_generation=on_generation,
         )
-        selection = final_selection(state, engine, config, out_dir)
+        selection = final_selection(state, engine, config, out_dir, spec)
     finally:
         engine.close()
         tb.close()
@@ -190,49 +198,67 @@ def final_selection_seeds(config: ControllerConfig) -> list[int]:
     return list(config.selection_seeds())[config.eval_episodes :]
 
 
-def final_selection(state: ESState, engine, config: ControllerConfig, out_dir: Path):
+def final_selection(state: ESState, engine, config: ControllerConfig, out_dir: Path, spec=None):
     """Replay the ``final_top`` best evaluated means on ``final_episodes`` more selection
     tracks, all on the same tracks, and save as ``best.npy`` the one with the best mean over
-    every selection track it played. Returns the record written to ``selection.json``, or None
-    when there is no final selection. Done once: a rerun with the same candidates reuses it."""
+    every selection track it played. A warm start (``config.init``, read with ``spec``)
+    competes too, as generation 0, on every selection track: CMA-ES keeps it unless a mean
+    beat it. Returns the record written to ``selection.json``, or None when there is no final
+    selection. Done once: a rerun with the same candidates reuses it."""
     if not config.final_top:
         return None
-    if not state.evaluated:
-        if any(row["eval_mean"] != "" for row in state.history):
-            print(
-                f"warning: {out_dir / 'es_state.pkl'} was made before evaluated means were kept: "
-                "no final selection, best.npy is the best mean-eval"
-            )
+    if not state.evaluated and any(row["eval_mean"] != "" for row in state.history):
+        print(
+            f"warning: {out_dir / 'es_state.pkl'} was made before evaluated means were kept: "
+            "no final selection, best.npy is the best mean-eval"
+        )
         return None
     ranked = sorted(state.evaluated, key=lambda e: float(np.mean(e["returns"])), reverse=True)
-    ranked = ranked[: config.final_top]
+    candidates = [
+        (int(e["generation"]), e["params"], e["returns"]) for e in ranked[: config.final_top]
+    ]
     seeds = final_selection_seeds(config)
-    key = {"generations": [int(e["generation"]) for e in ranked], "seeds": [seeds[0], seeds[-1]]}
+    key = {"generations": [c[0] for c in candidates], "seeds": [seeds[0], seeds[-1]]}
+    if config.init is not None:
+        from worldmodels.agent import load_params
+
+        candidates.append((0, load_params(Path(config.init), spec), None))
+        key["generations"].append(0)
+        key["init"] = file_digest_of([Path(config.init)])
+    if not candidates:
+        return None
     path = out_dir / SELECTION_JSON
     record = read_json(path, "final selection") if path.exists() else None
     if record is None or {k: record.get(k) for k in key} != key:
         start = time.perf_counter()
-        jobs = [(c, s) for c in range(len(ranked)) for s in seeds]
-        params = np.stack([e["params"] for e in ranked])
-        more = engine.run(params, jobs).returns.reshape(len(ranked), len(seeds))
-        rows = []
-        for e, returns in zip(ranked, more, strict=True):
-            every = np.concatenate([e["returns"], returns])
+        every_seed = list(config.selection_seeds())  # a warm start has no mean-eval yet
+        played = [seeds if returns is not None else every_seed for _, _, returns in candidates]
+        jobs = [(c, s) for c, tracks in enumerate(played) for s in tracks]
+        params = np.stack([c[1] for c in candidates])
+        more = engine.run(params, jobs).returns
+        rows, offset = [], 0
+        for (generation, _, returns), tracks in zip(candidates, played, strict=True):
+            new = more[offset : offset + len(tracks)]
+            offset += len(tracks)
+            eval_returns = returns if returns is not None else new[: config.eval_episodes]
+            final = new[-len(seeds) :]
+            every = np.concatenate([eval_returns, final])
             rows.append(
                 {
-                    "generation": int(e["generation"]),
-                    "mean_eval": float(np.mean(e["returns"])),
-                    "final_mean": float(returns.mean()),
+                    "generation": generation,
+                    "mean_eval": float(np.mean(eval_returns)),
+                    "final_mean": float(final.mean()),
                     "selection_mean": float(every.mean()),
                     "selection_std": float(every.std()),
                     "episodes": len(every),
                 }
             )
-        chosen = max(rows, key=lambda r: r["selection_mean"])["generation"]
+        # a tie keeps the later generation (the warm start is generation 0)
+        chosen = max(rows, key=lambda r: (r["selection_mean"], r["generation"]))["generation"]
         record = {**key, "chosen": chosen, "candidates": rows}
         record["seconds"] = time.perf_counter() - start
         atomic_write_json(path, record)
-    params = next(e["params"] for e in ranked if e["generation"] == record["chosen"])
+    params = next(c[1] for c in candidates if c[0] == record["chosen"])
     save_params(out_dir / BEST, params)
     return record
 

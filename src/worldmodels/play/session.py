@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,18 +101,23 @@ class PlayModels:
         }
 
 
-def kept_round(run_dir: Path) -> Path:
-    """The run folder of ``run_dir``'s agent: an earlier round's, when an iterated run kept it
-    (``agent_from`` in its controller.json), else ``run_dir`` itself."""
-    from worldmodels.agent import find_controller_dir, kept_run
+def kept_agent(run_dir: Path) -> tuple[Path, Path]:
+    """(the run folder whose V, M and series store the agent uses, the folder of its C). Where
+    the run kept another agent (``agent_from`` in its controller.json): an earlier round's, or
+    its refined C in ``RUN/refine`` on the V and M it was refined on (a pipeline run's layout,
+    ``FOLDER/vae/vae.pt``); else ``run_dir`` for both."""
+    from worldmodels.agent import agent_source, checkpoint_paths, find_controller_dir, kept_run
     from worldmodels.controller.train import read_controller_json
 
     try:
         folder = find_controller_dir(run_dir)
-        other = kept_run(folder, read_controller_json(folder))
-    except (FileNotFoundError, ValueError):  # no C or an unreadable one: load_controller says
-        return run_dir
-    return other or run_dir
+        if kept_run(folder, read_controller_json(folder)) is None:
+            return run_dir, run_dir
+        folder, info = agent_source(run_dir)
+        vae = checkpoint_paths(folder, info)[0]
+    except (FileNotFoundError, ValueError, KeyError):  # load_controller says what is wrong
+        return run_dir, run_dir
+    return Path(os.path.normpath(vae.parent.parent)), folder
 
 
 def run_game(run_dir: Path) -> str | None:
@@ -137,8 +143,8 @@ def load_play_models(
     env: str | None = None,
     real: bool = True,
 ) -> PlayModels:
-    """V, M, the series store's first frames and (when trained) C of a run folder: of the
-    round whose agent it kept, when an iterated run kept an earlier one (``agent_from``).
+    """V, M, the series store's first frames and (when trained) C of a run folder's agent: of
+    the round whose agent it kept, and its refined C (``agent_from``, :func:`kept_agent`).
 
     Missing or corrupt V, M or series store: an error naming the file. A missing or unfit
     controller only switches C's takeover off (with the reason); so do M's absent heads.
@@ -151,7 +157,7 @@ def load_play_models(
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run folder not found: {run_dir}")
-    run_dir = kept_round(run_dir)
+    run_dir, controller_dir = kept_agent(run_dir)
     env = env or run_game(run_dir)
     if env not in GAMES:
         raise ValueError(
@@ -173,7 +179,7 @@ def load_play_models(
             "make it with worldmodels encode)"
         )
     latents = load_initial_latents(paths.series, vae.z_size, mdrnn.action_size)
-    spec, params, z_mode, controller = load_controller(run_dir, vae, mdrnn, env)
+    spec, params, z_mode, controller = load_controller(controller_dir, vae, mdrnn, env)
     features = {
         "controller": controller,
         "reward": Feature.unless(
