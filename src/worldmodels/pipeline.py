@@ -481,7 +481,9 @@ def keep_best_round(config: PipelineConfig, paths: RunPaths, progress, cluster) 
 
 REFINE_FOLDER = "refine"  # the refine stage's controller folder in a run folder
 REFINE_START = "start.json"  # which agent the refinement started from
-REFINE_SEED = 7919  # added to controller.seed: the refinement's own training tracks
+# the refinement's CMA-ES seed is controller.seed + this: training tracks that no round's CMA-ES
+# (every round on controller.seed) played
+REFINE_SEED = 1
 
 
 def _refine_controller(
