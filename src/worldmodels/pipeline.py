@@ -241,7 +241,7 @@ def run_pipeline(
         done[stage] = {"seconds": seconds, "summary": result.line, "time_partial": partial}
         if result.idle:
             done[stage]["idle"] = True
-        else:  # the later stages used what this stage has changed
+        if result.later_stale:
             for later in STAGES[STAGES.index(stage) + 1 :]:
                 done.pop(later, None)
         atomic_write_json(stages_file, done)
@@ -260,6 +260,9 @@ class StageResult:
     resumed: bool = False
     partial: bool = False  # ``seconds`` leaves out some time spent before a resume
     idle: bool = False  # nothing to do with these settings: they may change on resume
+    # the stages after this one (if finished) used what it has changed: they run again (a
+    # refinement added to a finished run changes the run's agent)
+    later_stale: bool = False
 
 
 def round_config(config: PipelineConfig, k: int, root: Path) -> PipelineConfig:
@@ -527,7 +530,7 @@ def _refine_controller(
     else:
         set_agent_from(paths.controller, REFINE_FOLDER)
         line = f"{summary.line()}; the refined agent is the run's (it started from {start_name})"
-    return StageResult(line, summary.seconds, resume)
+    return StageResult(line, summary.seconds, resume, later_stale=True)
 
 
 def refinement_start(paths: RunPaths, folder: Path) -> str | None:
