@@ -398,18 +398,16 @@ class RefineConfig:
     def enabled(self) -> bool:
         return self.time_budget_s > 0
 
+    def on(self, controller: ControllerConfig) -> ControllerConfig:
+        """``controller`` with this refinement's time, population, step and selection."""
+        return dataclasses.replace(controller, **dataclasses.asdict(self))
+
     def validate(self) -> None:
         if self.time_budget_s < 0:
             raise ValueError(f"time_budget_s must be >= 0 (0: none), got {self.time_budget_s}")
-        # final_top >= 1: the final selection is where the starting agent competes
-        names = ("popsize", "rollouts", "eval_every", "eval_episodes", "final_top")
-        for name in (*names, "final_episodes"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.popsize < 2:
-            raise ValueError("popsize must be at least 2 for CMA-ES")
-        if self.sigma0 <= 0:
-            raise ValueError(f"sigma0 must be positive, got {self.sigma0}")
+        if self.final_top < 1:  # the final selection is where the starting agent competes
+            raise ValueError(f"final_top must be positive, got {self.final_top}")
+        self.on(ControllerConfig()).validate()
 
 
 # the pipeline's stages in order (here, below both pipeline.py and report.py, which read it)

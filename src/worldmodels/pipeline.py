@@ -507,19 +507,7 @@ def _refine_controller(
     start, info = agent_source(paths.root)
     vae, mdrnn, best = checkpoint_paths(start, info)
     base = last_round(config, paths).controller
-    settings = dataclasses.replace(
-        base,
-        popsize=refine.popsize,
-        rollouts=refine.rollouts,
-        sigma0=refine.sigma0,
-        time_budget_s=refine.time_budget_s,
-        eval_every=refine.eval_every,
-        eval_episodes=refine.eval_episodes,
-        final_top=refine.final_top,
-        final_episodes=refine.final_episodes,
-        init=str(best),
-        seed=base.seed + REFINE_SEED,
-    )
+    settings = dataclasses.replace(refine.on(base), init=str(best), seed=base.seed + REFINE_SEED)
     resume = (folder / STATE).exists()
     summary = train_controller(
         vae, mdrnn, folder, settings, resume=resume, progress=progress, cluster=cluster
