@@ -100,8 +100,8 @@ def connect(settings: RaySettings):
         # helper thread would leave an instance that dies as soon as it is up
         atexit.register(stop_local_ray, ray)
         start_reaper()  # first: it notes the instance's processes as they start
-        with command_keeps_sigterm(ray):
-            ray.init(include_dashboard=False, log_to_driver=False)
+        with command_keeps_sigterm(ray):  # "local": never another instance running here
+            ray.init(address="local", include_dashboard=False, log_to_driver=False)
         return ray
     kwargs = {"address": address, "log_to_driver": False}
     outcome: list = []
