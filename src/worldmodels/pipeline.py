@@ -189,20 +189,22 @@ def read_run_config(root: Path) -> tuple[PipelineConfig, str | None]:
     return from_dict(PipelineConfig, saved), preset_name
 
 
+def stage_of(key: str) -> str:
+    """The stage a dotted setting (``controller.popsize``) belongs to."""
+    return SECTION_STAGE[key.split(".")[0]]
+
+
 def frozen_keys(changed: list[str], finished) -> list[str]:
     """The changed settings (dotted keys) that belong to finished stages (not to a stage that
     finished with nothing to do, as the refinement with no time)."""
-    stages = {k: SECTION_STAGE[k.split(".")[0]] for k in changed}
-    return [k for k in changed if stages[k] in finished and not finished[stages[k]].get("idle")]
+    return [k for k in changed if stage_of(k) in finished and not finished[stage_of(k)].get("idle")]
 
 
 def rerun_idle_stages(paths: RunPaths, changed: list[str]) -> None:
     """Forget the record of a stage that finished with nothing to do whose settings changed,
     so that it runs with them."""
     done = finished_stages(paths)
-    idle = {SECTION_STAGE[k.split(".")[0]] for k in changed} & {
-        stage for stage, record in done.items() if record.get("idle")
-    }
+    idle = {stage for stage in map(stage_of, changed) if done.get(stage, {}).get("idle")}
     if idle:
         atomic_write_json(
             paths.root / "stages.json", {s: v for s, v in done.items() if s not in idle}
