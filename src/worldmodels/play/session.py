@@ -106,14 +106,12 @@ def kept_agent(run_dir: Path) -> tuple[Path, Path]:
     the run kept another agent (``agent_from`` in its controller.json): an earlier round's, or
     its refined C in ``RUN/refine`` on the V and M it was refined on (a pipeline run's layout,
     ``FOLDER/vae/vae.pt``); else ``run_dir`` for both."""
-    from worldmodels.agent import agent_source, checkpoint_paths, find_controller_dir, kept_run
-    from worldmodels.controller.train import read_controller_json
+    from worldmodels.agent import agent_source, checkpoint_paths, find_controller_dir
 
     try:
-        folder = find_controller_dir(run_dir)
-        if kept_run(folder, read_controller_json(folder)) is None:
-            return run_dir, run_dir
         folder, info = agent_source(run_dir)
+        if folder == find_controller_dir(run_dir):  # its own agent
+            return run_dir, run_dir
         vae = checkpoint_paths(folder, info)[0]
     except (FileNotFoundError, ValueError, KeyError):  # load_controller says what is wrong
         return run_dir, run_dir
