@@ -682,6 +682,43 @@ def test_refine_on_a_finished_run_and_the_agent_it_keeps(smoke_run, tmp_path, ca
     assert f"the run's agent is {run / 'refine'}'s" in capsys.readouterr().out
 
 
+def test_a_finished_refinement_given_more_time_goes_on_where_it_stopped(
+    smoke_run, tmp_path, capsys
+):
+    """A larger refine.time_budget_s on a finished refinement continues its CMA-ES from the
+    checkpoint (its generations so far unchanged), selects again over every mean and scores
+    the run again; a smaller one is refused like any finished stage's setting."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(smoke_run, run)
+    args = with_refine(["pipeline", "--preset", "smoke", "--out", str(run), "--no-progress"])
+    short = args + ["--set", "refine.time_budget_s=0.5"]  # one generation, then the time is up
+    assert main(short) == 0
+    log_file = run / "refine" / "log.csv"
+    first = log_file.read_text().splitlines()
+    assert len(first) == 2  # the header and generation 1
+    eval_before = (run / "eval.json").stat().st_mtime_ns
+    capsys.readouterr()
+
+    assert main(args) == 0  # refine.time_budget_s=60: up to the smoke preset's 2 generations
+    log = capsys.readouterr().out
+    assert "[refine-controller] starting" in log and "[evaluate] starting" in log
+    assert "[train-controller] done already" in log
+    rows = log_file.read_text().splitlines()
+    assert rows[:2] == first and len(rows) == 3
+    record = json.loads((run / "refine" / "selection.json").read_text())
+    assert sorted(r["generation"] for r in record["candidates"]) == [0, 1, 2]
+    assert (run / "eval.json").stat().st_mtime_ns != eval_before
+    assert json.loads((run / "config.json").read_text())["refine"]["time_budget_s"] == 60
+    assert set(json.loads((run / "stages.json").read_text())) == set(STAGES)
+
+    config_before = (run / "config.json").read_text()
+    assert main(short) == 2
+    assert "refine.time_budget_s" in capsys.readouterr().err
+    assert (run / "config.json").read_text() == config_before
+
+
 def test_refine_starts_from_the_round_the_run_kept(two_rounds, tmp_path):
     """An iterated run that kept round 1's agent refines round 1's C on round 1's V and M, and
     the refined agent plays (and dreams, on the play page) with them."""

@@ -101,7 +101,8 @@ SECTION_STAGE = {
 
 def prepare_run(out: str | Path, config: PipelineConfig, preset_name: str) -> RunPaths:
     """Create the run folder, or resume one: settings of unfinished stages may change (saved
-    in config.json), settings of finished stages may not (ValueError naming them)."""
+    in config.json), settings of finished stages may not (ValueError naming them), but for
+    more rounds and a longer refinement."""
     paths = RunPaths(Path(out))
     config_file = paths.root / "config.json"
     if paths.root.exists() and not paths.root.is_dir():
@@ -110,9 +111,13 @@ def prepare_run(out: str | Path, config: PipelineConfig, preset_name: str) -> Ru
         saved_config, saved_preset = read_run_config(paths.root)
         more_rounds = config.iterate.rounds > saved_config.iterate.rounds
         changed = config_differences(saved_config, config)
-        frozen = frozen_keys(changed, finished_stages(paths))
+        finished = finished_stages(paths)
+        frozen = frozen_keys(changed, finished)
         if more_rounds:  # allowed: the run's own round becomes an earlier one
             frozen = [key for key in frozen if key != "iterate.rounds"]
+        longer = longer_refinement(saved_config, config, finished)
+        if longer:  # allowed: the refinement's CMA-ES goes on from its checkpoint
+            frozen = [key for key in frozen if key != REFINE_BUDGET]
         if frozen:
             same = " ".join(f"--set {a}" for a in assignments(saved_config, frozen))
             raise ValueError(
@@ -123,6 +128,8 @@ def prepare_run(out: str | Path, config: PipelineConfig, preset_name: str) -> Ru
         if more_rounds:
             make_last_round_an_earlier_one(paths, saved_config, config)
         rerun_idle_stages(paths, changed)
+        if longer:
+            forget_stages(paths, {"refine-controller"})
         preset_name = saved_preset if not changed else preset_name
     elif paths.root.is_dir() and any(paths.root.iterdir()):
         raise ValueError(f"{paths.root}: not empty and not a pipeline run folder; nothing written")
@@ -200,14 +207,35 @@ def frozen_keys(changed: list[str], finished) -> list[str]:
     return [k for k in changed if stage_of(k) in finished and not finished[stage_of(k)].get("idle")]
 
 
+REFINE_BUDGET = "refine.time_budget_s"
+
+
+def longer_refinement(saved: PipelineConfig, config: PipelineConfig, finished: dict) -> bool:
+    """A finished refinement given more time (the one finished stage whose setting may
+    change: it goes on from its checkpoint, as if it had been given that time from the start)."""
+    done = finished.get(stage_of(REFINE_BUDGET), {})
+    return (
+        bool(done)
+        and not done.get("idle")
+        and config.refine.time_budget_s > saved.refine.time_budget_s
+    )
+
+
 def rerun_idle_stages(paths: RunPaths, changed: list[str]) -> None:
     """Forget the record of a stage that finished with nothing to do whose settings changed,
     so that it runs with them."""
     done = finished_stages(paths)
-    idle = {stage for stage in map(stage_of, changed) if done.get(stage, {}).get("idle")}
-    if idle:
+    forget_stages(
+        paths, {stage for stage in map(stage_of, changed) if done.get(stage, {}).get("idle")}
+    )
+
+
+def forget_stages(paths: RunPaths, stages: set[str]) -> None:
+    """Drop ``stages`` from the record of finished stages: the next run runs them."""
+    done = finished_stages(paths)
+    if stages & set(done):
         atomic_write_json(
-            paths.root / "stages.json", {s: v for s, v in done.items() if s not in idle}
+            paths.root / "stages.json", {s: v for s, v in done.items() if s not in stages}
         )
 
 
