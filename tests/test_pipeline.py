@@ -168,6 +168,28 @@ def test_evaluate_command_writes_every_episode(smoke_run, tmp_path, capsys):
     assert video.stat().st_size > 1000
 
 
+def test_a_video_holds_the_whole_episode_and_a_bad_name_is_refused_first(
+    smoke_run, tmp_path, capsys
+):
+    """--video writes every step (MP4) or every other one (GIF) of the episode, each frame the
+    road beside the agent's view and V's reconstruction; a name it cannot write is refused
+    before a single episode is played."""
+    import imageio.v3 as iio
+
+    def evaluate(video, out):
+        args = ["evaluate", str(smoke_run), "--episodes", "1", "--max-steps", "20"]
+        return main([*args, "--out", str(out), "--video", str(video), "--no-progress"])
+
+    for name, frames in (("episode.mp4", 20), ("episode.gif", 10)):
+        assert evaluate(tmp_path / name, tmp_path / "eval.json") == 0
+        assert iio.imread(tmp_path / name).shape == (frames, 96 * 3, 96 * 3 + 2 * 64 * 4, 3)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left
+    capsys.readouterr()
+    assert evaluate(tmp_path / "episode.avi", tmp_path / "refused.json") == 2
+    assert ".gif or .mp4" in capsys.readouterr().err
+    assert not (tmp_path / "refused.json").exists() and not (tmp_path / "episode.avi").exists()
+
+
 def test_evaluation_returns_do_not_depend_on_env_groups(smoke_run):
     """Evaluation overlaps networks and environments as training does: same episodes."""
     from worldmodels.agent import Agent

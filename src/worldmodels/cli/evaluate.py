@@ -48,7 +48,12 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     from worldmodels.agent import Agent, find_controller_dir, kept_run
-    from worldmodels.controller.evaluate import evaluate_agent, record_video, save_eval
+    from worldmodels.controller.evaluate import (
+        check_video,
+        evaluate_agent,
+        record_video,
+        save_eval,
+    )
     from worldmodels.controller.train import read_controller_json
     from worldmodels.envs.doom import DEFAULT_MAX_STEPS as DOOM_MAX_STEPS
 
@@ -57,6 +62,8 @@ def run(args) -> int:
     kept = kept_run(folder, read_controller_json(folder)) if args.params == "best" else None
     if kept is not None:  # an earlier round's, or the refined one (RUN/refine)
         print(f"the run's agent is {kept}'s (agent_from in its controller.json)")
+    if args.video:
+        check_video(agent, args.video)  # before the episodes, not after them
     if args.max_steps is None:
         args.max_steps = DOOM_MAX_STEPS if agent.env == "doom" else EvalConfig().max_steps
     result = evaluate_agent(

@@ -13,7 +13,7 @@ from tqdm import tqdm
 from worldmodels.agent import Agent
 from worldmodels.envs import DEFAULT_MAX_STEPS, env_id_for, make_vec_env, resolve_backend
 from worldmodels.execution import rollout_engine
-from worldmodels.utils.io import atomic_write_json
+from worldmodels.utils.io import atomic_write_bytes, atomic_write_json
 
 
 @dataclass
@@ -114,6 +114,20 @@ def save_eval(result: EvalResult, path: str | Path, run_dir: str | Path) -> None
     atomic_write_json(path, {"run_dir": str(run_dir), **result.to_dict()})
 
 
+VIDEO_SUFFIXES = (".gif", ".mp4")
+
+
+def check_video(agent: Agent, path: str | Path) -> None:
+    """ValueError, before anything is played, for a video ``record_video`` cannot write."""
+    if agent.env != "carracing":
+        raise ValueError(
+            f"--video records CarRacing episodes; this agent plays {agent.env!r} "
+            "(see worldmodels.dream.pictures for the dream beside the real game)"
+        )
+    if Path(path).suffix.lower() not in VIDEO_SUFFIXES:
+        raise ValueError(f"--video {path}: the file name must end in .gif or .mp4")
+
+
 def record_video(
     agent: Agent,
     path: str | Path,
@@ -122,12 +136,8 @@ def record_video(
     scale: int = 3,
 ) -> float:
     """An episode as GIF/MP4: the road, the agent's 64x64 view and V's reconstruction of z."""
-    if agent.env != "carracing":
-        raise ValueError(
-            f"--video records CarRacing episodes; this agent plays {agent.env!r} "
-            "(see worldmodels.dream.pictures for the dream beside the real game)"
-        )
-    import imageio.v2 as imageio
+    check_video(agent, path)
+    import imageio.v3 as iio
     import torch
 
     from worldmodels.envs.preprocess import preprocess_frames
@@ -146,12 +156,11 @@ def record_video(
             obs, total = result.obs, total + float(result.reward[0])
             if result.terminated[0] or result.truncated[0]:
                 break
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".gif":
-        imageio.mimsave(path, frames[::2], duration=1000 / 25, loop=0)
-    else:
-        imageio.mimsave(path, frames, fps=50)
+    if Path(path).suffix.lower() == ".gif":  # every other frame, 25 a second
+        video = iio.imwrite("<bytes>", frames[::2], extension=".gif", duration=40, loop=0)
+    else:  # H.264 through imageio-ffmpeg's own ffmpeg
+        video = iio.imwrite("<bytes>", frames, extension=".mp4", fps=50, macro_block_size=16)
+    atomic_write_bytes(path, video)
     return total
 
 
