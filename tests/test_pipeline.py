@@ -715,7 +715,7 @@ def test_a_finished_refinement_given_more_time_goes_on_where_it_stopped(
     run = tmp_path / "run"
     shutil.copytree(smoke_run, run)
     args = with_refine(["pipeline", "--preset", "smoke", "--out", str(run), "--no-progress"])
-    short = args + ["--set", "refine.time_budget_s=0.5"]  # one generation, then the time is up
+    short = args + ["--set", "refine.time_budget_s=0.01"]  # one generation, then time is up
     assert main(short) == 0
     log_file = run / "refine" / "log.csv"
     first = log_file.read_text().splitlines()
