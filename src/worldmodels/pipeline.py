@@ -127,9 +127,7 @@ def prepare_run(out: str | Path, config: PipelineConfig, preset_name: str) -> Ru
             )
         if more_rounds:
             make_last_round_an_earlier_one(paths, saved_config, config)
-        rerun_idle_stages(paths, changed)
-        if longer:
-            forget_stages(paths, {"refine-controller"})
+        forget_stages(paths, stages_to_rerun(changed, finished, longer))
         preset_name = saved_preset if not changed else preset_name
     elif paths.root.is_dir() and any(paths.root.iterdir()):
         raise ValueError(f"{paths.root}: not empty and not a pipeline run folder; nothing written")
@@ -221,17 +219,16 @@ def longer_refinement(saved: PipelineConfig, config: PipelineConfig, finished: d
     )
 
 
-def rerun_idle_stages(paths: RunPaths, changed: list[str]) -> None:
-    """Forget the record of a stage that finished with nothing to do whose settings changed,
-    so that it runs with them."""
-    done = finished_stages(paths)
-    forget_stages(
-        paths, {stage for stage in map(stage_of, changed) if done.get(stage, {}).get("idle")}
-    )
+def stages_to_rerun(changed: list[str], finished: dict, longer: bool) -> set[str]:
+    """The finished stages that run again with the changed settings: one that finished with
+    nothing to do whose settings changed, and the refinement when it was given more time."""
+    idle = {stage for stage in map(stage_of, changed) if finished.get(stage, {}).get("idle")}
+    return (idle | {stage_of(REFINE_BUDGET)}) if longer else idle
 
 
 def forget_stages(paths: RunPaths, stages: set[str]) -> None:
-    """Drop ``stages`` from the record of finished stages: the next run runs them."""
+    """Drop ``stages`` from the record of finished stages (as it is now: more rounds may
+    have emptied it): the next run runs them."""
     done = finished_stages(paths)
     if stages & set(done):
         atomic_write_json(
