@@ -72,6 +72,31 @@ def test_encode_resumes_and_refuses_another_model(small_store, vae_file, tmp_pat
         encode_store(small_store, other, out, progress=False)
 
 
+def test_mirror_also_stores_the_encoding_of_the_flipped_frames(small_store, vae_file, tmp_path):
+    out = tmp_path / "series"
+    argv = ["encode", "--store", str(small_store), "--vae", str(vae_file), "--out", str(out)]
+    assert main([*argv, "--mirror", "--no-progress"]) == 0
+    source, series = EpisodeStore(small_store), EpisodeStore(out)
+    assert series.manifest["identity"]["mirror"] is True
+    model = ConvVAE(32)
+    model.load_state_dict(torch.load(vae_file, weights_only=True)["state_dict"])
+    model.eval()
+    for src, enc in zip(source, series, strict=True):
+        obs = np.array(src["obs"])
+        with torch.inference_mode():
+            mu, logvar = model.encode(frames_to_input(np.ascontiguousarray(obs[:, :, ::-1])))
+            mu_real, _ = model.encode(frames_to_input(obs))
+        np.testing.assert_allclose(enc["mu_mirror"].astype(np.float32), mu.numpy(), 1e-3, 1e-5)
+        np.testing.assert_allclose(
+            enc["logvar_mirror"].astype(np.float32), logvar.numpy(), 1e-3, 1e-5
+        )
+        np.testing.assert_allclose(enc["mu"].astype(np.float32), mu_real.numpy(), 1e-3, 1e-5)
+        assert np.array_equal(enc["actions"], src["actions"])  # M negates the steering itself
+    # a store is all mirrored or not at all
+    with pytest.raises(StoreError, match="different settings"):
+        encode_store(small_store, vae_file, out, progress=False)
+
+
 def test_encode_errors(small_store, vae_file, tmp_path):
     with pytest.raises(FileNotFoundError, match="vae.pt"):
         encode_store(small_store, tmp_path / "run" / "vae.pt", tmp_path / "s", progress=False)

@@ -138,3 +138,57 @@ def test_preprocess_rejects_bad_input():
         preprocess_frames(np.zeros((2, 96, 96, 3), np.float32))
     with pytest.raises(ValueError, match="shape"):
         preprocess_frames(np.zeros((96, 96), np.uint8))
+
+
+# ------------------------------------------------------------------ mirror (CarRacing)
+def last_frame(seed: int, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The raw and preprocessed last frame of a real gymnasium episode played with ``actions``."""
+    env = make_vec_env("carracing", "gymnasium", 1, max_steps=len(actions) + 1, workers=0)
+    try:
+        env.reset(seeds=[seed])
+        for a in actions:
+            raw = env.step(a[None]).obs[0]
+    finally:
+        env.close()
+    return raw, preprocess_frames(raw[None])[0].astype(np.float32)
+
+
+def test_the_car_sits_at_the_middle_of_the_frames_width():
+    """Mirroring about the frame's middle column is a mirror about the car (and so a valid
+    frame of the mirror-image track): the car's red pixels are centred on column 47.5 of 96."""
+    raw, _ = last_frame(0, np.zeros((40, 3), np.float32))
+    car = (raw[:84, :, 0] > 150) & (raw[:84, :, 1] < 60) & (raw[:84, :, 2] < 60)
+    rows, cols = np.nonzero(car)
+    assert len(cols) > 10 and cols.mean() == pytest.approx(47.5)
+    assert np.array_equal(car, car[:, ::-1])
+
+
+def test_mirrored_frames_with_negated_steering_are_the_mirrored_episode():
+    """Steer left on a real track; steer right (mirror_actions) from the same start: the left
+    run's last frame flipped by mirror_frames looks like the right run's, far more than it
+    looks like it unflipped (a flip of the rows, or gas and brake changed, would not)."""
+    from worldmodels.envs.carracing import mirror_actions, mirror_frames
+
+    actions = np.zeros((25, 3), np.float32)
+    actions[5:, 0] = -0.8  # steer left after 5 steps
+    actions[:15, 1] = 0.5  # gas, then coast
+    assert mirror_actions(actions[5])[0] == pytest.approx(0.8)  # full right, same gas
+    assert np.array_equal(mirror_actions(actions)[:, 1:], actions[:, 1:])
+    for seed in (0, 1):
+        _, left = last_frame(seed, actions)
+        _, right = last_frame(seed, mirror_actions(actions))
+        mirrored, apart = np.abs(mirror_frames(left) - right).mean(), np.abs(left - right).mean()
+        assert mirrored < 0.65 * apart, (seed, mirrored, apart)
+
+
+def test_mirror_frames_flips_the_width_of_the_chosen_frames_only():
+    from worldmodels.envs.carracing import mirror_frames
+
+    frames = np.zeros((3, 64, 64, 3), np.uint8)
+    frames[:, 10, 0] = 255  # a mark at row 10, leftmost column
+    which = np.array([True, False, True])
+    out = mirror_frames(frames, which)
+    assert out[0, 10, 63].all() and not out[0, 10, 0].any()  # same row, rightmost column
+    assert np.array_equal(out[1], frames[1]) and np.array_equal(out[2], out[0])
+    assert frames[0, 10, 0].all()  # the input is left as it was
+    assert np.array_equal(mirror_frames(mirror_frames(frames)), frames)

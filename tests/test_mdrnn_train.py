@@ -37,9 +37,10 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-def write_series(path, episodes: list[dict], z_size=Z, action_size=3):
+def write_series(path, episodes: list[dict], z_size=Z, action_size=3, identity=None):
     extra = {"z_size": z_size, "action_size": action_size}
-    writer = StoreWriter(path, "series", identity={"test": str(path)}, extra=extra)
+    identity = {"test": str(path), **(identity or {})}
+    writer = StoreWriter(path, "series", identity=identity, extra=extra)
     for i, arrays in enumerate(episodes):
         writer.add(i, arrays, {"length": len(arrays["mu"])})
     return path
@@ -143,6 +144,61 @@ def test_windows_stay_in_one_episode_and_targets_are_next_step(tmp_path, termina
     # deterministic given (seed, step): a resumed run sees the same batches
     assert torch.equal(sampler.batch(5).z, sampler.batch(5).z)
     assert not torch.equal(sampler.batch(5).z, sampler.batch(6).z)
+
+
+def mirrored_marked_episode(e: int, n: int) -> dict:
+    """marked_episode with its mirror image: mu_mirror = (e, t, 1, 0...), steering t - 5."""
+    arrays = marked_episode(e, n)
+    arrays["actions"][:, 0] -= 5  # steering of both signs
+    arrays["mu_mirror"] = arrays["mu"].copy()
+    arrays["mu_mirror"][:, 2] = 1
+    arrays["logvar_mirror"] = arrays["logvar"].copy()
+    return arrays
+
+
+def test_mirrored_windows_read_the_mirror_latents_and_negate_the_steering(tmp_path):
+    lengths = [30, 25, 40]
+    episodes = [mirrored_marked_episode(e, n) for e, n in enumerate(lengths)]
+    mirrored_store = {"env": "carracing", "mirror": True}
+    path = write_series(tmp_path / "s", episodes, identity=mirrored_store)
+    sampler = WindowSampler(
+        open_series(path), 8, batch_size=64, val_episodes=1, seed=3, mirror=True
+    )
+    flips = []
+    for step in range(3):
+        b = sampler.batch(step)
+        for i, s in enumerate(b.starts):
+            t = torch.arange(s, s + 8, dtype=torch.float32)
+            flip = bool(b.z[i, 0, 2] > 0.5)
+            assert torch.all((b.z[i, :, 2] > 0.5) == flip)  # a window is mirrored whole
+            steering = -(t - 5) if flip else t - 5
+            assert torch.equal(b.actions[i, :, 0], steering)
+            assert torch.all(b.actions[i, :, 1] == int(b.episodes[i]))  # gas kept
+            assert torch.equal(b.rewards[i], t)
+            flips.append(flip)
+    assert 0.35 < np.mean(flips) < 0.65
+    assert torch.equal(sampler.batch(1).actions, sampler.batch(1).actions)  # fixed by step
+    for v in sampler.val_batches():  # validation: the episodes as played
+        assert torch.all(v.z[:, :, 2].abs() < 1e-3)
+    plain = WindowSampler(open_series(path), 8, batch_size=64, val_episodes=1, seed=3)
+    assert torch.all(plain.batch(0).z[:, :, 2].abs() < 1e-3)
+    # the windows drawn are those of the plain sampler: mirror changes only their orientation
+    assert np.array_equal(plain.batch(2).starts, sampler.batch(2).starts)
+
+    unmirrored = write_series(tmp_path / "u", episodes, identity={"env": "carracing"})
+    with pytest.raises(StoreError, match=f"{tmp_path / 'u'}: .*no mirrored latents.*--mirror"):
+        train_mdrnn(unmirrored, tmp_path / "run", tiny(mirror=True), progress=False)
+    doom = write_series(
+        tmp_path / "d", episodes, identity={"env": "doom", "action_encoding": 2, "mirror": True}
+    )
+    with pytest.raises(ValueError, match="mirror is for CarRacing.*'doom'"):
+        WindowSampler(open_series(doom), 8, batch_size=4, mirror=True)
+    # a run trained without mirror is not resumed with it
+    train_mdrnn(path, tmp_path / "m", tiny(steps=2, seq_len=8, batch_size=4), progress=False)
+    with pytest.raises(ValueError, match="mirror=False, now True"):
+        train_mdrnn(
+            path, tmp_path / "m", tiny(steps=4, seq_len=8, batch_size=4, mirror=True), resume=True
+        )
 
 
 def test_windows_resample_z_and_hold_out_the_last_episodes(series):

@@ -293,6 +293,36 @@ def test_set_on_resume_changes_unfinished_stages_only(smoke_run, tmp_path, capsy
     assert json.loads((run / "eval.json").read_text())["episodes"] == 1
 
 
+def test_mirror_trains_v_and_m_on_mirrored_data_and_is_frozen_once_encoded(
+    smoke_run, tmp_path, capsys
+):
+    import shutil
+
+    from worldmodels.data.store import EpisodeStore
+
+    run = tmp_path / "run"
+    shutil.copytree(smoke_run, run)
+    stages_file = run / "stages.json"
+    (run / "stages.json").write_text(
+        json.dumps({"collect": json.loads(stages_file.read_text())["collect"]})
+    )
+    for folder in ("vae", "series", "mdrnn", "controller"):
+        shutil.rmtree(run / folder)
+    mirror = ["vae.mirror=true", "mdrnn.mirror=true"]
+    config = apply_overrides(preset("smoke"), mirror)
+    up_to_m = STAGES[STAGES.index("train-vae") : STAGES.index("train-mdrnn") + 1]
+    run_pipeline(config, run, "smoke", progress=False, stages=up_to_m)
+    assert json.loads((run / "vae" / "config.json").read_text())["mirror"] is True
+    assert json.loads((run / "mdrnn" / "config.json").read_text())["mirror"] is True
+    series = EpisodeStore(run / "series")
+    assert series.manifest["identity"]["mirror"] is True and "mu_mirror" in series[0].keys
+    # M's windows need the mirrored latents encode wrote: once encoded, mdrnn.mirror is frozen
+    base = ["pipeline", "--preset", "smoke", "--out", str(run), "--no-progress"]
+    assert main([*base, "--set", "vae.mirror=true"]) == 2
+    err = capsys.readouterr().err
+    assert "mdrnn.mirror;" in err and "(--set mdrnn.mirror=true)" in err
+
+
 def test_a_folder_of_other_things_is_refused(tmp_path, capsys):
     (tmp_path / "notes.txt").write_text("mine")
     assert main(["pipeline", "--out", str(tmp_path)]) == 2

@@ -83,6 +83,43 @@ def test_stream_covers_each_training_frame_once_per_epoch_and_resumes(small_stor
     assert not np.array_equal(stream.order(0), stream.order(1))
 
 
+def test_a_mirrored_stream_flips_half_of_each_batch_the_same_way_on_resume(small_store):
+    """With mirror, each batch holds the same frames as without, half of them (chosen by
+    seed, epoch and batch) flipped left-right; a resumed stream flips the same ones."""
+    store = open_frame_store(small_store)
+    train, _ = split_episodes(store, 2)
+    plain = FrameStream(store, train, batch_size=48, seed=1)
+    mirrored = FrameStream(store, train, batch_size=48, seed=1, mirror=True)
+    batches = mirrored.batches()
+    got = [next(batches) for _ in range(8)]  # into the second epoch
+    batches.close()
+    flipped_sets = []
+    for batch in got:
+        real = store.get_frames(plain.batch_steps(batch.epoch, batch.index))
+        frames = batch.frames.numpy()
+        flipped = np.array([not np.array_equal(f, r) for f, r in zip(frames, real, strict=True)])
+        assert flipped.sum() == len(frames) // 2
+        assert np.array_equal(frames[flipped], real[flipped][:, :, ::-1])  # width, not height
+        assert np.array_equal(frames[~flipped], real[~flipped])
+        flipped_sets.append(flipped)
+    assert not all(np.array_equal(flipped_sets[0], f) for f in flipped_sets[1:6])
+    resumed = mirrored.batches(1, 0)
+    again = next(resumed)
+    resumed.close()
+    assert (again.epoch, again.index) == (1, 0) and torch.equal(again.frames, got[7].frames)
+
+
+def test_mirror_is_refused_on_data_that_is_not_carracing(tmp_path, capsys):
+    path = make_store(tmp_path / "store")  # identity without env: CarRacing is not said
+    with pytest.raises(ValueError, match="mirror is for CarRacing"):
+        train_vae(path, tmp_path / "run", VAEConfig(max_steps=1, mirror=True), progress=False)
+    assert not (tmp_path / "run").exists()
+    argv = ["pipeline", "--preset", "doom-smoke", "--out", str(tmp_path / "doom")]
+    assert main([*argv, "--set", "mdrnn.mirror=true"]) == 2
+    assert "mdrnn.mirror: mirroring is for CarRacing" in capsys.readouterr().err
+    assert not (tmp_path / "doom").exists()
+
+
 @pytest.mark.parametrize(
     "setup, message",
     [

@@ -122,6 +122,9 @@ class VAEConfig:
     channels_last: bool = False  # CUDA only
     # start from this V's weights (a vae.pt, or a folder holding one), not random ones
     init: str | None = None
+    # a deviation from the paper (CarRacing): half of each batch flipped left-right, so V
+    # knows the rarer right-hand bends as well as left-hand ones (vision/data.py)
+    mirror: bool = False
     seed: int = 0
 
     def validate(self) -> None:
@@ -165,6 +168,10 @@ class MDNRNNConfig:
     pad_short: bool = False  # allow episodes shorter than seq_len + 1 (padded, masked)
     # start from this M's weights (an mdrnn.pt of the same architecture), not random ones
     init: str | None = None
+    # a deviation from the paper (CarRacing): half of the training windows from the mirrored
+    # episode (its frames flipped left-right, steering negated: memory/data.py); the pipeline's
+    # encode then stores the mirrored latents too
+    mirror: bool = False
     device: str = "auto"
     seed: int = 0
 
@@ -751,6 +758,12 @@ def apply_overrides(config: PipelineConfig, assignments: list[str]) -> PipelineC
         )
     if config.dream is not None and config.refine.enabled:
         raise ValueError(DREAM_REFINE)
+    mirrored = [k for k in ("vae", "mdrnn") if getattr(config, k).mirror]
+    if mirrored and config.collect.env != "carracing":
+        raise ValueError(
+            f"--set {mirrored[0]}.mirror: mirroring is for CarRacing (a left-right symmetric "
+            f"game whose action 0 is the steering), not {config.collect.env}"
+        )
     return config
 
 

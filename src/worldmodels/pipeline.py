@@ -194,9 +194,13 @@ def read_run_config(root: Path) -> tuple[PipelineConfig, str | None]:
     return from_dict(PipelineConfig, saved), preset_name
 
 
+# settings a stage other than their section's reads: encode writes the mirrored latents
+KEY_STAGE = {"mdrnn.mirror": "encode"}
+
+
 def stage_of(key: str) -> str:
     """The stage a dotted setting (``controller.popsize``) belongs to."""
-    return SECTION_STAGE[key.split(".")[0]]
+    return KEY_STAGE.get(key) or SECTION_STAGE[key.split(".")[0]]
 
 
 def frozen_keys(changed: list[str], finished) -> list[str]:
@@ -372,7 +376,10 @@ def _train_vae(
 def _encode(config: PipelineConfig, paths: RunPaths, progress: bool, cluster, log) -> StageResult:
     from worldmodels.vision.encode import encode_store
 
-    summary = encode_store(paths.episodes, paths.vae, paths.series, progress=progress)
+    mirror = last_round(config, paths).mdrnn.mirror  # M's mirrored windows need these latents
+    summary = encode_store(
+        paths.episodes, paths.vae, paths.series, progress=progress, mirror=mirror
+    )
     return StageResult(summary.line())
 
 

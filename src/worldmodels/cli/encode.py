@@ -14,6 +14,11 @@ def add_arguments(p) -> None:
     p.add_argument("--out", required=True, help="series store folder (created, or resumed)")
     p.add_argument("--batch-size", type=positive_int, default=1000, help="frames per batch")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    p.add_argument(
+        "--mirror",
+        action="store_true",
+        help="CarRacing: also encode each episode flipped left-right (for train-mdrnn --mirror)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -27,6 +32,7 @@ def run(args) -> int:
         batch_size=args.batch_size,
         device=args.device,
         progress=not args.no_progress,
+        mirror=args.mirror,
     )
     print(summary.line())
     return 0

@@ -35,6 +35,12 @@ def add_arguments(p) -> None:
         help="allow episodes shorter than seq-len + 1 (padded and masked out of the loss)",
     )
     p.add_argument(
+        "--mirror",
+        action="store_true",
+        help="CarRacing: half of the windows from the mirrored episodes (a series encoded "
+        "with --mirror; a deviation from the paper)",
+    )
+    p.add_argument(
         "--val-episodes", type=int, default=d.val_episodes, help="last episodes held out"
     )
     p.add_argument("--val-every", type=positive_int, default=d.val_every, help="steps")
@@ -76,6 +82,7 @@ def run(args) -> int:
         checkpoint_every=args.checkpoint_every,
         log_every=args.log_every,
         pad_short=args.pad_short,
+        mirror=args.mirror,
         device=args.device,
         seed=args.seed,
         init=args.init,

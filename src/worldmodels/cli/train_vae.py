@@ -26,6 +26,7 @@ OPTIONS = {
     "channels_last": "channels_last",
     "seed": "seed",
     "init": "init",
+    "mirror": "mirror",
 }
 
 
@@ -48,6 +49,12 @@ def add_arguments(p) -> None:
     p.add_argument("--bf16", action="store_true", default=None, help="bf16 autocast (CUDA)")
     p.add_argument(
         "--channels-last", action="store_true", default=None, help="channels-last convs (CUDA)"
+    )
+    p.add_argument(
+        "--mirror",
+        action="store_true",
+        default=None,
+        help="CarRacing: half of each batch flipped left-right (a deviation from the paper)",
     )
     p.add_argument("--seed", type=int, help=f"default {d.seed}")
     p.add_argument(

@@ -26,6 +26,41 @@ ACTION_LOW = np.array([-1.0, 0.0, 0.0], dtype=np.float32)
 ACTION_HIGH = np.array([1.0, 1.0, 1.0], dtype=np.float32)
 
 
+STEERING = 0  # the action's steering component: -1 full left, +1 full right
+
+
+def mirror_frames(frames: np.ndarray, which: np.ndarray | None = None) -> np.ndarray:
+    """Frames (..., H, W, C) flipped left-right: the same moment on the mirror-image track.
+
+    CarRacing is left-right symmetric about the car (the view turns with the car, which sits
+    at the middle of the frame's width), so a mirrored episode, with its steering negated
+    (``mirror_actions``), is a valid episode of the mirrored track: left-hand bends become
+    right-hand ones. ``which``: a boolean mask over the first axis, to flip only those frames.
+    """
+    if which is None:
+        return np.ascontiguousarray(frames[..., ::-1, :])
+    out = np.array(frames, copy=True)
+    out[which] = frames[which][..., ::-1, :]
+    return out
+
+
+def mirror_actions(actions: np.ndarray) -> np.ndarray:
+    """CarRacing actions (..., 3) of the mirrored episode: steering negated, gas and brake kept."""
+    out = np.array(actions, dtype=np.float32, copy=True)
+    out[..., STEERING] = -out[..., STEERING]
+    return out
+
+
+def check_mirrorable(store) -> None:
+    """Mirroring needs CarRacing data (a left-right symmetric game, action 0 the steering)."""
+    env = store.manifest.get("identity", {}).get("env")
+    if env != "carracing":
+        raise ValueError(
+            f"{store.path}: mirror is for CarRacing data (a left-right symmetric game whose "
+            f"action 0 is the steering); this store holds {env!r} episodes"
+        )
+
+
 @dataclass
 class StepResult:
     obs: np.ndarray  # (N, 96, 96, 3) uint8

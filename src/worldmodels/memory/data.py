@@ -10,6 +10,11 @@ The last step of an episode has no next frame. With a reward or done head the sa
 also draws the window whose last input is that step (its ``z`` target masked out), so that
 the done head sees the episode's end and the reward head its final reward.
 
+With ``mirror`` (CarRacing), half of the training windows, drawn by ``(seed, i)``, come from
+the mirrored episode instead: ``mu_mirror`` / ``logvar_mirror`` (written by ``encode`` with
+``mirror``) and the steering negated (``envs.carracing.mirror_actions``). Validation windows
+are never mirrored.
+
 Everything is read from memory-mapped episode files and gathered per batch, so memory stays
 bounded whatever the store's size. Batch ``i`` depends only on ``(seed, i)``: a resumed run
 sees exactly the batches an uninterrupted run would have seen.
@@ -25,6 +30,7 @@ import torch
 from torch import Tensor
 
 from worldmodels.data.store import EpisodeStore, StoreError
+from worldmodels.envs.carracing import check_mirrorable, mirror_actions
 from worldmodels.vision.data import split_episodes
 
 SERIES_ARRAYS = ("mu", "logvar", "actions", "rewards", "terminated")
@@ -184,8 +190,10 @@ class SeriesWindows:
         starts: np.ndarray,
         device: torch.device | str,
         generator: torch.Generator,
+        mirrored: np.ndarray | None = None,
     ) -> WindowBatch:
-        """Read the given windows (memory-mapped slices) and sample ``z`` on ``device``."""
+        """Read the given windows (memory-mapped slices) and sample ``z`` on ``device``;
+        ``mirrored`` (bool per window): those from the mirrored episode."""
         b, n = len(episodes), self.seq_len + 1
         za, aa = self.info.z_size, self.info.action_size
         mu = np.zeros((b, n, za), np.float16)
@@ -198,9 +206,12 @@ class SeriesWindows:
             ep = self.store[int(e)]
             stop = min(int(s) + n, len(ep))
             k = stop - int(s)
-            mu[i, :k] = ep["mu"][s:stop]
-            logvar[i, :k] = ep["logvar"][s:stop]
+            flip = mirrored is not None and mirrored[i]
+            mu[i, :k] = ep["mu_mirror" if flip else "mu"][s:stop]
+            logvar[i, :k] = ep["logvar_mirror" if flip else "logvar"][s:stop]
             actions[i, :k] = ep["actions"][s:stop]
+            if flip:
+                actions[i, :k] = mirror_actions(actions[i, :k])
             rewards[i, :k] = ep["rewards"][s:stop]
             dones[i, :k] = ep["terminated"][s:stop]
             valid[i, :k] = True
@@ -232,6 +243,15 @@ def _check_lengths(path: Path, lengths: np.ndarray, seq_len: int, pad_short: boo
         )
 
 
+def check_mirrored_latents(store: EpisodeStore) -> None:
+    check_mirrorable(store)
+    if not store.manifest["identity"].get("mirror"):
+        raise StoreError(
+            f"{store.path}: the series store holds no mirrored latents (encode with --mirror; "
+            "the pipeline does when mdrnn.mirror is set)"
+        )
+
+
 def _sample_z(mu: Tensor, logvar: Tensor, generator: torch.Generator) -> Tensor:
     """``z = mu + exp(logvar / 2) * eps`` in float32, ``eps`` from ``generator``."""
     mu, logvar = mu.float(), logvar.float()
@@ -245,8 +265,9 @@ def _generator(device: torch.device | str, *key: int) -> torch.Generator:
 
 
 class WindowSampler:
-    """Training batches (random windows, batch ``i`` fixed by ``(seed, i)``) and validation
-    batches (a fixed tiling of the held-out episodes with fixed noise).
+    """Training batches (random windows, batch ``i`` fixed by ``(seed, i)``; with ``mirror``
+    half of them mirrored) and validation batches (a fixed tiling of the held-out episodes
+    with fixed noise).
     """
 
     def __init__(
@@ -258,9 +279,13 @@ class WindowSampler:
         seed: int = 0,
         terminal: bool = False,
         pad_short: bool = False,
+        mirror: bool = False,
     ):
+        if mirror:
+            check_mirrored_latents(info.store)
         train, val = split_episodes(info.store, val_episodes)
         self.info = info
+        self.mirror = mirror
         self.batch_size = batch_size
         self.seed = seed
         self.train = SeriesWindows(info, train, seq_len, terminal, pad_short)
@@ -270,8 +295,9 @@ class WindowSampler:
         """Training batch number ``step``: the same windows and noise for the same seed."""
         rng = np.random.default_rng([self.seed, _TRAIN_STREAM, step])
         episodes, starts = self.train.sample_positions(rng, self.batch_size)
+        mirrored = rng.random(self.batch_size) < 0.5 if self.mirror else None
         gen = _generator(device, self.seed, _TRAIN_STREAM, step)
-        return self.train.gather(episodes, starts, device, gen)
+        return self.train.gather(episodes, starts, device, gen, mirrored)
 
     def val_batches(self, device: torch.device | str = "cpu"):
         """The held-out windows in batches, with the same noise on every call."""

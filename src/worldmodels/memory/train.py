@@ -45,7 +45,8 @@ MODEL_FILE = "mdrnn.pt"
 CONFIG_FILE = "config.json"
 PICTURES_DIR = "pictures"
 PICTURE_START = 50
-SHAPE_FIELDS = ("hidden_size", "num_gaussians", "reward_head", "done_head")
+# what a resumed run must keep: the model's shape, and what its batches are made of
+FIXED_ON_RESUME = ("hidden_size", "num_gaussians", "reward_head", "done_head", "mirror")
 
 
 @dataclass
@@ -286,6 +287,7 @@ def train_mdrnn(
         seed=config.seed,
         terminal=config.reward_head or config.done_head,
         pad_short=config.pad_short,
+        mirror=config.mirror,
     )
     vae, obs = _picture_inputs(sampler, vae_path, episodes_path, device)
     out = Path(out_dir)
@@ -417,11 +419,11 @@ def _restore(checkpoints, model, optimizer, config, info: SeriesInfo) -> tuple[i
             raise ValueError(
                 f"{path}: run trained with {name} {state.get(name)}, series has {have}"
             )
-    for name in SHAPE_FIELDS:
+    for name in FIXED_ON_RESUME:
         if saved.get(name) != getattr(config, name):
             raise ValueError(
                 f"{path}: run trained with {name}={saved.get(name)!r}, now "
-                f"{getattr(config, name)!r}; resume with the same model settings"
+                f"{getattr(config, name)!r}; resume with the same settings"
             )
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])

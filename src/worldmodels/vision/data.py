@@ -6,7 +6,10 @@ state is the pair ``(epoch, batch)`` and a resumed run sees exactly the batches 
 seen. Frames are read with plain file reads (no memory maps kept, so nothing of the store stays
 resident) by a few background threads that keep the next batches ready while the model trains.
 
-The last ``val_episodes`` episodes (by index) are held out for validation and pictures.
+With ``mirror`` (CarRacing only), half of each batch, chosen by ``(seed, epoch, batch)``, is
+flipped left-right (``envs.carracing.mirror_frames``): V learns right-hand bends as well as the
+more common left-hand ones. The last ``val_episodes`` episodes (by index) are held out for
+validation and pictures, never mirrored.
 """
 
 from __future__ import annotations
@@ -21,9 +24,11 @@ import numpy as np
 import torch
 
 from worldmodels.data.store import EpisodeStore, StoreError
+from worldmodels.envs.carracing import mirror_frames
 
 FRAME_SHAPE = (64, 64, 3)
 HEADER_CACHE = 4096  # episode headers kept open (no memory maps: a few KB each)
+_MIRROR_KEY = 1  # seed-sequence key: which frames of a batch are mirrored
 
 
 def open_frame_store(path: str | Path) -> EpisodeStore:
@@ -87,6 +92,7 @@ class FrameStream:
         prefetch: int = 4,
         workers: int = 2,
         pin_memory: bool = False,
+        mirror: bool = False,
     ):
         self.store = store
         self.frames = episode_frames(store, episodes)
@@ -97,6 +103,7 @@ class FrameStream:
         self.prefetch = max(1, prefetch)
         self.workers = max(1, workers)
         self.pin_memory = pin_memory
+        self.mirror = mirror
 
     @property
     def batches_per_epoch(self) -> int:
@@ -111,8 +118,20 @@ class FrameStream:
         order = self.order(epoch) if order is None else order
         return order[index * self.batch_size : (index + 1) * self.batch_size]
 
-    def load(self, steps: np.ndarray) -> torch.Tensor:
-        frames = torch.from_numpy(self.store.get_frames(steps, "obs", mmap=False))
+    def mirrored(self, epoch: int, index: int, n: int) -> np.ndarray | None:
+        """Which of batch ``index``'s ``n`` frames are flipped (half), None without mirror."""
+        if not self.mirror:
+            return None
+        which = np.zeros(n, dtype=bool)
+        rng = np.random.default_rng([self.seed, epoch, index, _MIRROR_KEY])
+        which[rng.permutation(n)[: n // 2]] = True
+        return which
+
+    def load(self, steps: np.ndarray, mirrored: np.ndarray | None = None) -> torch.Tensor:
+        frames = self.store.get_frames(steps, "obs", mmap=False)
+        if mirrored is not None:
+            frames = mirror_frames(frames, mirrored)
+        frames = torch.from_numpy(frames)
         return frames.pin_memory() if self.pin_memory else frames
 
     def positions(self, epoch: int, index: int) -> Iterator[tuple[int, int, np.ndarray]]:
@@ -132,7 +151,8 @@ class FrameStream:
         with ThreadPoolExecutor(self.workers, thread_name_prefix="frames") as pool:
             try:
                 for e, b, steps in todo:
-                    pending.append((e, b, pool.submit(self.load, steps)))
+                    mirrored = self.mirrored(e, b, len(steps))
+                    pending.append((e, b, pool.submit(self.load, steps, mirrored)))
                     if len(pending) > self.prefetch:
                         e, b, future = pending.popleft()
                         yield Batch(e, b, future.result())

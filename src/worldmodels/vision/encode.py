@@ -5,6 +5,11 @@ A series episode holds ``mu`` and ``logvar`` (float16, (N, z)) with the episode'
 source. The series manifest's identity is the source's plus the z size and a digest of the
 ``vae.pt`` file, so a series store never mixes encodings of two models. Episodes already
 encoded are skipped: a killed run started again finishes the rest.
+
+With ``mirror`` (CarRacing), each episode also holds ``mu_mirror`` and ``logvar_mirror``, the
+encoding of its frames flipped left-right (``envs.carracing.mirror_frames``), so that M can
+learn the mirrored episode too (``MDNRNNConfig.mirror``); the manifest's identity then says
+``mirror: true``, so a store never mixes episodes with and without them.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import torch
 from tqdm import tqdm
 
 from worldmodels.data.store import EpisodeStore, StoreError, StoreWriter
+from worldmodels.envs.carracing import check_mirrorable, mirror_frames
 from worldmodels.utils.device import pick_device
 from worldmodels.utils.io import file_digest
 from worldmodels.vision.data import open_frame_store
@@ -77,9 +83,13 @@ def read_episode(store: EpisodeStore, position: int) -> dict[str, np.ndarray]:
     return {name: ep.read(name) for name in ("obs", *CARRIED)}
 
 
-def open_series(store: EpisodeStore, vae_path: Path, z_size: int, out_path) -> StoreWriter:
+def open_series(
+    store: EpisodeStore, vae_path: Path, z_size: int, out_path, mirror: bool
+) -> StoreWriter:
     actions_shape, _ = store[0].array_spec("actions")
     identity = {**store.manifest["identity"], "z_size": z_size, "vae": file_digest(vae_path)}
+    if mirror:
+        identity["mirror"] = True
     extra = {
         "z_size": z_size,
         "action_size": int(np.prod(actions_shape[1:], dtype=np.int64)),
@@ -95,8 +105,10 @@ def encode_store(
     batch_size: int = 1000,
     device: str = "auto",
     progress: bool = True,
+    mirror: bool = False,
 ) -> EncodeSummary:
-    """Encode every episode of ``store_path`` not yet in the series store ``out_path``."""
+    """Encode every episode of ``store_path`` not yet in the series store ``out_path``
+    (with ``mirror``, its mirror image too: module doc)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     vae_path = Path(vae_path)
@@ -104,14 +116,16 @@ def encode_store(
         vae_path = vae_path / VAE_FILE
     store = open_frame_store(store_path)
     check_carried(store)
+    if mirror:
+        check_mirrorable(store)
     dev = pick_device(device)
     model = load_vae(vae_path, dev)
-    writer = open_series(store, vae_path, model.z_size, out_path)
+    writer = open_series(store, vae_path, model.z_size, out_path, mirror)
     done = writer.existing_indices()
     todo = [pos for pos, index in enumerate(store.indices) if index not in done]
 
     start = time.perf_counter()
-    frames = encode_episodes(model, store, todo, writer, dev, batch_size, progress)
+    frames = encode_episodes(model, store, todo, writer, dev, batch_size, progress, mirror)
     total = len(writer.existing_indices())
     writer.write_manifest(episodes=total)
     return EncodeSummary(
@@ -119,7 +133,9 @@ def encode_store(
     )
 
 
-def encode_episodes(model, store, todo: list[int], writer, device, batch_size, progress) -> int:
+def encode_episodes(
+    model, store, todo: list[int], writer, device, batch_size, progress, mirror=False
+) -> int:
     """Encode the episodes at positions ``todo`` into ``writer``; returns the frame count."""
     frames = 0
     start = time.perf_counter()
@@ -131,8 +147,13 @@ def encode_episodes(model, store, todo: list[int], writer, device, batch_size, p
                 arrays = ahead.result()
                 if i + 1 < len(todo):  # read the next episode while this one is encoded
                     ahead = pool.submit(read_episode, store, todo[i + 1])
-                mu, logvar = encode_frames(model, arrays.pop("obs"), device, batch_size)
+                obs = arrays.pop("obs")
+                mu, logvar = encode_frames(model, obs, device, batch_size)
                 series = {"mu": mu.astype(np.float16), "logvar": logvar.astype(np.float16)}
+                if mirror:
+                    mu_m, logvar_m = encode_frames(model, mirror_frames(obs), device, batch_size)
+                    series["mu_mirror"] = mu_m.astype(np.float16)
+                    series["logvar_mirror"] = logvar_m.astype(np.float16)
                 writer.add(store.indices[pos], {**series, **arrays}, store[pos].meta)
                 frames += len(mu)
                 bar.update(1)

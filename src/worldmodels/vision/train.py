@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from worldmodels.config import VAEConfig, load_config, save_config, to_dict
 from worldmodels.data.store import EpisodeStore
+from worldmodels.envs.carracing import check_mirrorable
 from worldmodels.utils.device import autocast, pick_device
 from worldmodels.utils.io import atomic_torch_save
 from worldmodels.utils.training import (
@@ -339,6 +340,8 @@ def train_vae(
     config.validate()
     out = Path(out_dir)
     store = open_frame_store(store_path)
+    if config.mirror:
+        check_mirrorable(store)
     train_eps, val_eps = split_episodes(store, config.val_episodes)
     device = pick_device(config.device)
     check_cuda_options(config, device)
@@ -347,7 +350,12 @@ def train_vae(
         configure_cuda()
 
     stream = FrameStream(
-        store, train_eps, config.batch_size, config.seed, pin_memory=device.type == "cuda"
+        store,
+        train_eps,
+        config.batch_size,
+        config.seed,
+        pin_memory=device.type == "cuda",
+        mirror=config.mirror,
     )
     total = total_steps(config, stream)
     seed_everything(config.seed)  # the initial weights; a resumed run restores its RNG below
