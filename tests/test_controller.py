@@ -118,6 +118,56 @@ def test_common_seeds_are_shared_by_candidates_and_can_be_turned_off():
     assert [c for c, _ in own] == [0, 0, 1, 1, 2, 2, 3, 3] and len({s for _, s in own}) == 8
 
 
+def test_mirror_tracks_mirror_every_other_track_the_same_for_every_candidate():
+    config = ControllerConfig(rollouts=2, mirror_tracks=True)
+    for generation in (3, 4):
+        jobs = generation_jobs(config, generation, popsize=4)
+        plain = generation_jobs(ControllerConfig(rollouts=2), generation, popsize=4)
+        assert [(c, s) for c, s, _ in jobs] == plain  # the same tracks, one of two mirrored
+        for c in range(4):
+            assert [m for cand, _, m in jobs if cand == c] == [
+                generation % 2 == 1,
+                generation % 2 == 0,
+            ]
+    one = ControllerConfig(rollouts=1, mirror_tracks=True)
+    assert [generation_jobs(one, g, 2)[0][2] for g in range(4)] == [False, True, False, True]
+    with pytest.raises(ValueError, match="mirror_tracks is for CarRacing"):
+        ControllerConfig(env="doom", mode="zch", mirror_tracks=True).validate()
+
+
+def test_a_mirrored_job_plays_the_mirror_image_episode(monkeypatch):
+    """C sees the track's frames flipped left-right and its steering reaches the game negated:
+    a C that holds the wheel right on the mirrored track drives the real track exactly as one
+    that holds it left there (the same frames), not as one that holds it right."""
+    from worldmodels.envs.carracing import mirror_frames
+
+    policy = make_policy(ControllerSpec(mode="z"))
+    right = np.zeros(policy.spec.num_params)
+    right[-3:] = [0.6, 0.0, -20.0]  # steering tanh(0.6) = +0.54 (right), gas 0.5, no brake
+    left = right.copy()
+    left[-3] = -0.6
+    seen = []
+    act = policy.act
+    monkeypatch.setattr(
+        policy, "act", lambda obs, *a, **k: (seen.append(obs), act(obs, *a, **k))[1]
+    )
+
+    def last_frame_seen(params, job):
+        seen.clear()
+        with make_vec_env(backend="gymnasium", num_envs=1, max_steps=40, workers=0) as env:
+            first = env.reset(seeds=[5])[0]
+            result = RolloutEngine(policy, env).run(params[None], [job])
+        assert result.lengths[0] == 40
+        return first, seen[0][0], seen[-1][0]
+
+    first, first_seen, mirrored = last_frame_seen(right, (0, 5, True))
+    assert np.array_equal(first_seen, mirror_frames(first))
+    _, _, held_left = last_frame_seen(left, (0, 5, False))
+    _, _, held_right = last_frame_seen(right, (0, 5, False))
+    assert np.array_equal(mirror_frames(mirrored), held_left)
+    assert not np.array_equal(held_left, held_right)
+
+
 def test_training_selection_and_scoring_seeds_never_meet():
     config = ControllerConfig()
     train = {s for g in range(2000) for s in generation_seeds(config.seed, g, 16)}

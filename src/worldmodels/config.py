@@ -246,6 +246,11 @@ class ControllerConfig:
     env_groups: int = 2
     # CMA-ES's first mean: these parameters (a best.npy of the same controller), not zeros
     init: str | None = None
+    # a deviation (CarRacing): every other training track of a generation is played on its
+    # mirror image (frames flipped left-right, steering negated), so that C meets sharp
+    # right-hand bends as often as left-hand ones; mean-evals and selection stay on real tracks.
+    # Meant for a V and M trained with mirror (vae.mirror, mdrnn.mirror)
+    mirror_tracks: bool = False
     device: str = "auto"
     seed: int = 0
 
@@ -292,6 +297,10 @@ class ControllerConfig:
             _check_choice("mode", self.mode, DOOM_MODES)
         elif self.mode == "zch":
             raise ValueError(f"mode 'zch' is Doom's controller; env {self.env!r} got {self.mode!r}")
+        if self.mirror_tracks and self.env != "carracing":
+            raise ValueError(
+                f"mirror_tracks is for CarRacing (left-right symmetric), not {self.env}"
+            )
         else:
             _check_choice("mode", self.mode, MODES)
         _check_choice("z_mode", self.z_mode, Z_MODES)

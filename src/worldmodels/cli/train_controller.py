@@ -72,6 +72,12 @@ def add_arguments(p) -> None:
         help="V's encoder in bfloat16 in training's rollouts (CPUs with AVX512-BF16 or AMX, "
         "GPUs with bf16; evaluation stays float32)",
     )
+    p.add_argument(
+        "--mirror-tracks",
+        action="store_true",
+        help="CarRacing: every other training track played on its mirror image (frames "
+        "flipped, steering negated; for a V and M trained with --mirror); a deviation",
+    )
     p.add_argument("--device", default=d.device)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument(
@@ -94,6 +100,7 @@ def run(args) -> int:
         backend=args.backend,
         bf16=args.bf16,
         init=args.init,
+        mirror_tracks=args.mirror_tracks,
     )
     config.validate()
     if config.mode in ("zh", "zch") and args.mdrnn is None:

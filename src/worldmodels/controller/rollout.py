@@ -17,7 +17,7 @@ import torch
 
 from worldmodels.controller.policy import WorldModelPolicy
 from worldmodels.envs import make_vec_env
-from worldmodels.envs.carracing import VecCarRacing
+from worldmodels.envs.carracing import VecCarRacing, mirror_actions, mirror_frames
 from worldmodels.utils.device import torch_threads
 
 
@@ -55,7 +55,9 @@ class RolloutEngine:
         early_stop: int | None = None,
         on_episode=None,
     ) -> RolloutResult:
-        """Play one episode per job ``(candidate row in params, seed)``; returns per job.
+        """Play one episode per job ``(candidate row in params, seed)``, or ``(candidate, seed,
+        mirrored)``: with ``mirrored`` true, on the mirror image of the seed's track (C sees
+        each frame flipped left-right, its steering is negated); returns per job.
 
         ``early_stop``: end an episode after this many steps without a positive reward, a
         training-only shortcut (hopeless episodes end early and keep what they scored);
@@ -82,6 +84,7 @@ class RolloutEngine:
         job_of = np.full(n, -1)  # global slot -> its job (-1: idle)
         since_reward = np.zeros(n, np.int64)
         queue = list(range(len(jobs)))
+        mirrored = np.array([len(job) > 2 and bool(job[2]) for job in jobs], dtype=bool)
         self.policy.reset(n)
         env_steps, start = 0, time.perf_counter()
 
@@ -107,8 +110,12 @@ class RolloutEngine:
             if not local.size:
                 return False
             candidates = np.array([jobs[j][0] for j in job_of[offset + local]])
+            flipped = mirrored[job_of[offset + local]]
+            seen = mirror_frames(obs[local], flipped) if flipped.any() else obs[local]
             actions = np.zeros((env.num_envs, self.policy.spec.action_size), np.float32)
-            actions[local], _ = self.policy.act(obs[local], offset + local, params_t[candidates])
+            actions[local], _ = self.policy.act(seen, offset + local, params_t[candidates])
+            if flipped.any():
+                actions[local[flipped]] = mirror_actions(actions[local[flipped]])
             active = np.zeros(env.num_envs, bool)
             active[local] = True
             env.step_async(actions, active)

@@ -81,12 +81,20 @@ def generation_seeds(seed: int, generation: int, rollouts: int) -> list[int]:
 
 def generation_jobs(config: ControllerConfig, generation: int, popsize: int):
     """(candidate, seed) jobs, candidate-major: ``rollouts`` per candidate, on the same seeds
-    for every candidate with ``common_seeds``, else on seeds of each candidate's own."""
+    for every candidate with ``common_seeds``, else on seeds of each candidate's own.
+
+    With ``mirror_tracks`` a job is (candidate, seed, mirrored): rollout k of generation g is
+    played mirrored when k + g is odd (every other track; every other generation's one track
+    at 1 rollout), the same for every candidate."""
     if config.common_seeds:
         seeds = generation_seeds(config.seed, generation, config.rollouts)
-        return [(c, s) for c in range(popsize) for s in seeds]
-    seeds = generation_seeds(config.seed, generation, popsize * config.rollouts)
-    return [(j // config.rollouts, s) for j, s in enumerate(seeds)]
+        jobs = [(c, s) for c in range(popsize) for s in seeds]
+    else:
+        seeds = generation_seeds(config.seed, generation, popsize * config.rollouts)
+        jobs = [(j // config.rollouts, s) for j, s in enumerate(seeds)]
+    if not config.mirror_tracks:
+        return jobs
+    return [(c, s, (j % config.rollouts + generation) % 2 == 1) for j, (c, s) in enumerate(jobs)]
 
 
 def save_params(path: Path, params: np.ndarray) -> None:
