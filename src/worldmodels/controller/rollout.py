@@ -51,7 +51,7 @@ class RolloutEngine:
     def run(
         self,
         params: np.ndarray,
-        jobs: Sequence[tuple[int, int | None]],
+        jobs: Sequence[tuple],
         early_stop: int | None = None,
         on_episode=None,
     ) -> RolloutResult:

@@ -160,7 +160,7 @@ class RayRolloutPool:
     def run(
         self,
         params: np.ndarray,
-        jobs: Sequence[tuple[int, int | None]],
+        jobs: Sequence[tuple],  # (candidate, seed) or (candidate, seed, mirrored): RolloutEngine's
         early_stop: int | None = None,
         on_episode=None,
     ) -> RolloutResult:
