@@ -297,12 +297,12 @@ class ControllerConfig:
             _check_choice("mode", self.mode, DOOM_MODES)
         elif self.mode == "zch":
             raise ValueError(f"mode 'zch' is Doom's controller; env {self.env!r} got {self.mode!r}")
+        else:
+            _check_choice("mode", self.mode, MODES)
         if self.mirror_tracks and self.env != "carracing":
             raise ValueError(
                 f"mirror_tracks is for CarRacing (left-right symmetric), not {self.env}"
             )
-        else:
-            _check_choice("mode", self.mode, MODES)
         _check_choice("z_mode", self.z_mode, Z_MODES)
         _check_choice("backend", self.backend, BACKENDS)
 
