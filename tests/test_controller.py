@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 
 import numpy as np
@@ -14,14 +15,17 @@ from worldmodels.controller.policy import WorldModelPolicy
 from worldmodels.controller.rollout import RolloutEngine, make_env_groups
 from worldmodels.controller.train import (
     BEST,
+    REPLAY_WINDOW,
     SELECTION_JSON,
+    TRACKS_JSON,
     TRAIN_SEED_BASE,
     final_selection,
     final_selection_seeds,
     generation_jobs,
     generation_seeds,
+    hard_tracks,
 )
-from worldmodels.envs import envpool_available, make_vec_env
+from worldmodels.envs import envpool_available, make_vec_env, resolve_backend
 from worldmodels.evolution.cmaes import STATE, ESSettings, new_state, run_es
 from worldmodels.memory.mdrnn import MDNRNN
 from worldmodels.utils.device import bf16_supported
@@ -133,6 +137,83 @@ def test_mirror_tracks_mirror_every_other_track_the_same_for_every_candidate():
     assert [generation_jobs(one, g, 2)[0][2] for g in range(4)] == [False, True, False, True]
     with pytest.raises(ValueError, match="mirror_tracks is for CarRacing"):
         ControllerConfig(env="doom", mode="zch", mirror_tracks=True).validate()
+
+
+def test_hard_track_replay_picks_the_worst_recent_fresh_tracks_each_once():
+    def entry(generation, seed, mean, replay=False):
+        return {"generation": generation, "seed": seed, "mean": mean, "replay": replay}
+
+    ledger = [
+        entry(0, 100, 900.0),
+        entry(0, 101, 150.0),  # the worst, but replayed at generation 1
+        entry(1, 102, 400.0),
+        entry(1, 101, 300.0, replay=True),
+        entry(2, 103, 500.0),
+        entry(2, 102, 820.0, replay=True),  # 102 replayed: gone although its fresh mean is low
+        entry(3, 104, 50.0),  # a later generation: unknown to generation 3
+    ]
+    assert hard_tracks(ledger, 3, 1) == [103]
+    assert hard_tracks(ledger, 3, 2) == [103, 100]
+    assert hard_tracks(ledger, 4, 1) == [104]
+    assert hard_tracks(ledger, 0, 1) == []  # nothing played yet: every track fresh
+    old = [entry(0, 7, 10.0), entry(REPLAY_WINDOW, 8, 700.0)]
+    assert hard_tracks(old, REPLAY_WINDOW + 1, 1) == [8]  # generation 0 is out of the window
+
+    config = ControllerConfig(rollouts=3, replay_hard=1)
+    jobs = generation_jobs(config, 5, popsize=2, replay=[103])
+    fresh = generation_seeds(config.seed, 5, 3)
+    assert jobs == [(c, s) for c in range(2) for s in [*fresh[:2], 103]]
+    plain = generation_jobs(ControllerConfig(rollouts=3), 5, popsize=2)
+    assert generation_jobs(config, 5, 2, replay=[]) == plain
+    for bad, match in (
+        (dict(rollouts=2, replay_hard=2), "needs a fresh track"),
+        (dict(rollouts=2, replay_hard=-1), "replay_hard must be in"),
+        (dict(rollouts=2, replay_hard=1, common_seeds=False), "needs common_seeds"),
+        (dict(rollouts=2, replay_hard=1, mirror_tracks=True), "choose one"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            ControllerConfig(**bad).validate()
+
+
+def train_with_replay(smoke_run, out, generations, *extra):
+    from worldmodels.cli import main
+
+    args = ["train-controller", "--vae", str(smoke_run / "vae" / "vae.pt")]
+    args += ["--mdrnn", str(smoke_run / "mdrnn" / "mdrnn.pt"), "--out", str(out)]
+    args += ["--popsize", "4", "--rollouts", "2", "--replay-hard", "1", "--sigma0", "0.5"]
+    args += ["--generations", str(generations), "--max-steps", "40", "--num-envs", "4"]
+    backend = resolve_backend("auto", quiet=True)
+    args += ["--eval-every", "0", "--backend", backend, "--no-progress", *extra]
+    assert main(args) == 0
+    return json.loads((out / TRACKS_JSON).read_text())
+
+
+def test_hard_track_replay_replays_the_track_the_population_did_worst_on(smoke_run, tmp_path):
+    """Real CarRacing tracks: each generation after the first plays one fresh track and the
+    recent fresh track with the lowest population mean; a run stopped and resumed replays the
+    same tracks as one that ran through."""
+    ledger = train_with_replay(smoke_run, tmp_path / "through", 4)
+    by_generation = [[e for e in ledger if e["generation"] == g] for g in range(4)]
+    assert [len(entries) for entries in by_generation] == [2, 2, 2, 2]
+    assert not any(e["replay"] for e in by_generation[0])
+    for g in (1, 2, 3):
+        fresh, replay = by_generation[g]
+        assert not fresh["replay"] and replay["replay"]
+        replayed_before = {e["seed"] for e in ledger if e["replay"] and e["generation"] < g}
+        pool = [
+            e
+            for e in ledger
+            if e["generation"] < g and not e["replay"] and e["seed"] not in replayed_before
+        ]
+        assert replay["seed"] == min(pool, key=lambda e: e["mean"])["seed"]
+    means = [e["mean"] for e in ledger if not e["replay"]]
+    assert len(set(np.round(means, 3))) > 1  # the tracks differ, so "worst" means something
+    train_with_replay(smoke_run, tmp_path / "resumed", 2)
+    resumed = train_with_replay(smoke_run, tmp_path / "resumed", 4, "--resume")
+    assert [(e["generation"], e["seed"], e["replay"]) for e in resumed] == [
+        (e["generation"], e["seed"], e["replay"]) for e in ledger
+    ]
+    np.testing.assert_allclose([e["mean"] for e in resumed], [e["mean"] for e in ledger], atol=1e-3)
 
 
 def test_a_mirrored_job_plays_the_mirror_image_episode(monkeypatch):

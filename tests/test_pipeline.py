@@ -249,6 +249,7 @@ def test_set_changes_typed_settings_of_a_preset():
         ("refine.popsize=1", "refine: popsize must be at least 2"),
         ("refine.final_top=0", "refine: final_top must be positive"),
         ("refine.time_budget_s=-1", "refine: time_budget_s must be >= 0"),
+        ("controller.replay_hard=2", "controller: replay_hard must be in 0..rollouts - 1 (1)"),
     ],
 )
 def test_set_refuses_bad_settings_in_one_line_and_writes_nothing(
@@ -269,6 +270,16 @@ def test_a_final_selection_needs_mean_evals_in_the_game():
         apply_overrides(preset("smoke"), ["controller.eval_every=0"])
     with pytest.raises(ValueError, match="refine evolves C in the real game"):
         apply_overrides(preset("doom-laptop"), ["refine.time_budget_s=60"])
+    with pytest.raises(ValueError, match="a dream run's C plays M's dreams, not tracks"):
+        apply_overrides(preset("doom-laptop"), ["controller.replay_hard=1"])
+
+
+def test_a_refinement_is_checked_with_the_controller_settings_it_inherits():
+    laptop_long = preset("laptop-long")  # refine: 32 x 4
+    refined = apply_overrides(laptop_long, ["controller.replay_hard=1"])
+    assert refined.refine.on(refined.controller).replay_hard == 1
+    with pytest.raises(ValueError, match=r"refine \(on the controller section\): replay_hard"):
+        apply_overrides(laptop_long, ["controller.rollouts=8", "controller.replay_hard=5"])
 
 
 def test_set_on_resume_changes_unfinished_stages_only(smoke_run, tmp_path, capsys):

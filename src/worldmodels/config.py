@@ -251,6 +251,12 @@ class ControllerConfig:
     # right-hand bends as often as left-hand ones; mean-evals and selection stay on real tracks.
     # Meant for a V and M trained with mirror (vae.mirror, mdrnn.mirror)
     mirror_tracks: bool = False
+    # a deviation (hard-track replay): this many of each generation's rollouts replay the
+    # training tracks of the last generations (controller/train.py: REPLAY_WINDOW) on which
+    # the population did worst (each track at most once), so that the rare tracks that end in
+    # a crash weigh in the ranking more than once; the rest are fresh tracks. 0: every track
+    # fresh, as in 2018
+    replay_hard: int = 0
     device: str = "auto"
     seed: int = 0
 
@@ -303,6 +309,15 @@ class ControllerConfig:
             raise ValueError(
                 f"mirror_tracks is for CarRacing (left-right symmetric), not {self.env}"
             )
+        if not 0 <= self.replay_hard < self.rollouts:
+            raise ValueError(
+                f"replay_hard must be in 0..rollouts - 1 ({self.rollouts - 1}): a generation "
+                f"needs a fresh track to find hard ones, got {self.replay_hard}"
+            )
+        if self.replay_hard and not self.common_seeds:
+            raise ValueError("replay_hard replays common tracks: it needs common_seeds")
+        if self.replay_hard and self.mirror_tracks:
+            raise ValueError("replay_hard and mirror_tracks: choose one")
         _check_choice("z_mode", self.z_mode, Z_MODES)
         _check_choice("backend", self.backend, BACKENDS)
 
@@ -767,6 +782,15 @@ def apply_overrides(config: PipelineConfig, assignments: list[str]) -> PipelineC
         )
     if config.dream is not None and config.refine.enabled:
         raise ValueError(DREAM_REFINE)
+    if config.refine.enabled:  # the refinement's CMA-ES: the controller section's, refine's on top
+        try:
+            config.refine.on(config.controller).validate()
+        except ValueError as e:
+            raise ValueError(f"--set: refine (on the controller section): {e}") from None
+    if config.dream is not None and config.controller.replay_hard:
+        raise ValueError(
+            "--set controller.replay_hard: a dream run's C plays M's dreams, not tracks"
+        )
     mirrored = [k for k in ("vae", "mdrnn") if getattr(config, k).mirror]
     if mirrored and config.collect.env != "carracing":
         raise ValueError(

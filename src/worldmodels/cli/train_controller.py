@@ -78,6 +78,14 @@ def add_arguments(p) -> None:
         help="CarRacing: every other training track played on its mirror image (frames "
         "flipped, steering negated; for a V and M trained with --mirror); a deviation",
     )
+    p.add_argument(
+        "--replay-hard",
+        type=int,
+        default=d.replay_hard,
+        metavar="N",
+        help="N of each candidate's rollouts replay the recent training tracks the population "
+        "did worst on (each once), the rest fresh; a deviation (0: none)",
+    )
     p.add_argument("--device", default=d.device)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument(
@@ -101,6 +109,7 @@ def run(args) -> int:
         bf16=args.bf16,
         init=args.init,
         mirror_tracks=args.mirror_tracks,
+        replay_hard=args.replay_hard,
     )
     config.validate()
     if config.mode in ("zh", "zch") and args.mdrnn is None:

@@ -79,15 +79,21 @@ def generation_seeds(seed: int, generation: int, rollouts: int) -> list[int]:
     return [TRAIN_SEED_BASE + int(s >> 2) for s in state]
 
 
-def generation_jobs(config: ControllerConfig, generation: int, popsize: int):
+def generation_jobs(
+    config: ControllerConfig, generation: int, popsize: int, replay: list[int] | None = None
+):
     """(candidate, seed) jobs, candidate-major: ``rollouts`` per candidate, on the same seeds
-    for every candidate with ``common_seeds``, else on seeds of each candidate's own.
+    for every candidate with ``common_seeds``, else on seeds of each candidate's own. With
+    ``replay`` (``replay_hard`` tracks, ``hard_tracks``) the generation's last rollouts play
+    those tracks instead of fresh ones.
 
     With ``mirror_tracks`` a job is (candidate, seed, mirrored): rollout k of generation g is
     played mirrored when k + g is odd (every other track; every other generation's one track
     at 1 rollout), the same for every candidate."""
     if config.common_seeds:
         seeds = generation_seeds(config.seed, generation, config.rollouts)
+        if replay:
+            seeds[len(seeds) - len(replay) :] = replay
         jobs = [(c, s) for c in range(popsize) for s in seeds]
     else:
         seeds = generation_seeds(config.seed, generation, popsize * config.rollouts)
@@ -95,6 +101,59 @@ def generation_jobs(config: ControllerConfig, generation: int, popsize: int):
     if not config.mirror_tracks:
         return jobs
     return [(c, s, (j % config.rollouts + generation) % 2 == 1) for j, (c, s) in enumerate(jobs)]
+
+
+# hard-track replay (``replay_hard``) chooses among the fresh tracks of this many generations
+REPLAY_WINDOW = 10
+TRACKS_JSON = "tracks.json"
+
+
+def hard_tracks(ledger: list[dict], generation: int, k: int) -> list[int]:
+    """The ``k`` tracks generation ``generation`` replays: of the fresh tracks played in the
+    ``REPLAY_WINDOW`` generations before it and not replayed yet, those with the lowest
+    population mean (fewer while there are fewer). ``ledger``: ``TrackLedger.entries``."""
+    before = [e for e in ledger if e["generation"] < generation]
+    replayed = {e["seed"] for e in before if e["replay"]}
+    pool = [
+        e
+        for e in before
+        if not e["replay"]
+        and e["generation"] >= generation - REPLAY_WINDOW
+        and e["seed"] not in replayed
+    ]
+    return [e["seed"] for e in sorted(pool, key=lambda e: e["mean"])[:k]]
+
+
+class TrackLedger:
+    """Every training track played with ``replay_hard``: generation, seed, the population's
+    mean return on it and whether it was a replay, kept in ``tracks.json`` so that a resumed
+    run replays the tracks it would have replayed (what a generation replays depends only on
+    the generations before it)."""
+
+    def __init__(self, out_dir: Path, resume: bool):
+        self.path = out_dir / TRACKS_JSON
+        self.entries: list[dict] = []
+        if resume and self.path.exists():
+            entries = read_json(self.path, "hard-track replay record")
+            if not isinstance(entries, list) or not all(
+                isinstance(e, dict) and {"generation", "seed", "mean", "replay"} <= e.keys()
+                for e in entries
+            ):
+                raise ValueError(
+                    f"hard-track replay record {self.path} is corrupt: expected a list of "
+                    "{generation, seed, mean, replay} entries"
+                )
+            self.entries = entries
+
+    def record(self, generation: int, seeds: list[int], means: np.ndarray, replay: list[int]):
+        """The tracks ``generation`` played; a generation played again (a resume after its
+        fitness, before its checkpoint) replaces its entries, and every later one's."""
+        self.entries = [e for e in self.entries if e["generation"] < generation]
+        self.entries += [
+            {"generation": generation, "seed": s, "mean": float(m), "replay": s in replay}
+            for s, m in zip(seeds, means, strict=True)
+        ]
+        atomic_write_json(self.path, self.entries)
 
 
 def save_params(path: Path, params: np.ndarray) -> None:
@@ -151,10 +210,17 @@ def train_controller(
         mdrnn_path=mdrnn_path,
     )
 
+    ledger = TrackLedger(out_dir, resume) if config.replay_hard else None
+
     def fitness(population: np.ndarray, generation: int):
-        jobs = generation_jobs(config, generation, len(population))
+        replay = hard_tracks(ledger.entries, generation, config.replay_hard) if ledger else None
+        jobs = generation_jobs(config, generation, len(population), replay)
         result = engine.run(population, jobs, early_stop=config.early_stop)
-        return result.returns.reshape(len(population), config.rollouts).mean(1), result.env_steps
+        returns = result.returns.reshape(len(population), config.rollouts)
+        if ledger is not None:
+            seeds = [seed for _, seed in jobs[: config.rollouts]]
+            ledger.record(generation, seeds, returns.mean(0), replay)
+        return returns.mean(1), result.env_steps
 
     def evaluate(params: np.ndarray) -> np.ndarray:
         jobs = [(0, config.eval_seed + i) for i in range(config.eval_episodes)]
