@@ -19,6 +19,7 @@ from worldmodels.controller.train import (
     SELECTION_JSON,
     TRACKS_JSON,
     TRAIN_SEED_BASE,
+    TrackLedger,
     final_selection,
     final_selection_seeds,
     generation_jobs,
@@ -173,6 +174,16 @@ def test_hard_track_replay_picks_the_worst_recent_fresh_tracks_each_once():
     ):
         with pytest.raises(ValueError, match=match):
             ControllerConfig(**bad).validate()
+
+
+def test_a_corrupt_replay_record_is_named_on_resume(tmp_path):
+    path = tmp_path / TRACKS_JSON
+    for text, match in (("[{", "is not valid JSON"), ('[{"seed": 3}]', "is corrupt: expected")):
+        path.write_text(text)
+        with pytest.raises(ValueError, match=match) as error:
+            TrackLedger(tmp_path, resume=True)
+        assert str(path) in str(error.value)
+    assert TrackLedger(tmp_path, resume=False).entries == []  # a new run starts its own
 
 
 def train_with_replay(smoke_run, out, generations, *extra):
