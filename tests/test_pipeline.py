@@ -395,6 +395,7 @@ def test_a_terminated_evaluation_leaves_no_worker_and_keeps_the_old_result(smoke
 
 
 ROUNDS_SETS = ["iterate.rounds=2", "iterate.vae_steps=10", "collect.agent_noise=0"]
+ROUNDS_SETS += ["iterate.episodes=3"]  # round 1's; round 2 the collect section's 4
 ROUNDS_SETS += ["controller.z_mode=mean", "iterate.warm_start=true", "iterate.keep_best_round=true"]
 
 
@@ -447,6 +448,9 @@ def test_each_round_collects_with_the_agent_of_the_round_before(two_rounds, caps
     assert final["policy"] == "agent" and final["agent"] == str(round1.resolve())
     assert final["seed"] == first["seed"]  # the same tracks, driven by round 1's agent
     store = EpisodeStore(out / "episodes")
+    seeds = [ep.meta["seed"] for ep in store]  # and one more: round 2 collects 4, round 1 3
+    assert seeds[:3] == [ep.meta["seed"] for ep in EpisodeStore(round1 / "episodes")]
+    assert len(seeds) == 4 and seeds[3] not in seeds[:3]
     played = evaluate_agent(
         Agent.load(round1, device="cpu"),
         episodes=len(store),
@@ -470,9 +474,12 @@ def test_round_1s_steps_and_time_are_its_own_and_later_rounds_take_the_sections(
     from worldmodels.pipeline import round_config
 
     config = preset("laptop")
-    config = apply_overrides(config, ["iterate.rounds=3"])
+    sets = ["iterate.rounds=3", "iterate.episodes=50", "iterate.mdrnn_steps=7"]
+    config = apply_overrides(config, sets)
     rounds = [round_config(config, k, tmp_path) for k in (1, 2, 3)]
     assert (rounds[0].vae.max_steps, rounds[0].controller.time_budget_s) == (2400, 3600)
+    assert (rounds[0].collect.episodes, rounds[0].mdrnn.steps) == (50, 7)
+    assert [(r.collect.episodes, r.mdrnn.steps) for r in rounds[1:]] == [(120, 600)] * 2
     assert rounds[0].collect.policy == "brownian" and rounds[0].vae.init is None
     for k, later in ((2, rounds[1]), (3, rounds[2])):
         assert (later.vae.max_steps, later.controller.time_budget_s) == (800, 25 * 60)

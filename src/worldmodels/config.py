@@ -375,9 +375,10 @@ class IterateConfig:
     ...; round 1 collects with ``collect.policy``, every later round (the last in RUN itself)
     with the agent of the round before it (policy agent, noise ``collect.agent_noise``), on
     the same tracks (seeds) as round 1: the agent's driving is what is new. Round 1 of several
-    may train V for other steps and C for another time than the later rounds (``vae_steps``,
-    ``controller_budget_s``; every later round takes the sections'). 1 round is the plain
-    method.
+    may collect another number of episodes, train V and M for other steps and C for another
+    time than the later rounds (``episodes``, ``vae_steps``, ``mdrnn_steps``,
+    ``controller_budget_s``; every later round takes the sections'; a later round with more
+    episodes plays round 1's tracks and the next ones). 1 round is the plain method.
 
     ``warm_start`` (a deviation: the paper trains every round from scratch) starts each later
     round's V, M and CMA-ES mean from the round before's V, M and ``best.npy``, so a later
@@ -391,16 +392,22 @@ class IterateConfig:
     """
 
     rounds: int = 1
-    vae_steps: int | None = None  # V's steps in round 1 of several (None: the vae section's)
-    controller_budget_s: float | None = None  # round 1's CMA-ES time (None: the controller's)
+    # round 1 of several: its episodes, V's and M's steps (None: the collect, vae and mdrnn
+    # sections'), its CMA-ES time (None: the controller section's)
+    episodes: int | None = None
+    vae_steps: int | None = None
+    mdrnn_steps: int | None = None
+    controller_budget_s: float | None = None
     warm_start: bool = False
     keep_best_round: bool = False
 
     def validate(self) -> None:
         if self.rounds < 1:
             raise ValueError(f"rounds must be positive, got {self.rounds}")
-        if self.vae_steps is not None and self.vae_steps < 1:
-            raise ValueError(f"vae_steps must be positive, got {self.vae_steps}")
+        for name in ("episodes", "vae_steps", "mdrnn_steps"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be positive, got {value}")
         if self.controller_budget_s is not None and not self.controller_budget_s > 0:
             raise ValueError(f"controller_budget_s must be > 0, got {self.controller_budget_s}")
 
@@ -560,12 +567,21 @@ PRESETS: dict[str, PipelineConfig] = {
     # driver's frames: 25.3 per frame after brownian data, 15.4 after the agent's). Both
     # rounds get 80 min of CMA-ES, as measured (round 1 745.7, round 2 851.9, ~3.5 h)
     "laptop-iter": dataclasses.replace(LAPTOP_1ROUND, iterate=IterateConfig(rounds=2)),
-    # the laptop run, then its agent refined for 90 min (refine: a second CMA-ES from its
-    # best.npy at pop 32 x 4, sigma0 0.03, 32 + 64 selection tracks, the start competing):
-    # about 3.6 h on 2 cores. Measured on the 834.6 laptop run: 880.1 +- 86.8, none < 300
-    # (README); a laptop-long before this version (one round on 480 episodes, CMA-ES 32 x 4
-    # for 6 h, ~7.5 h) was never measured
-    "laptop-long": dataclasses.replace(LAPTOP, refine=RefineConfig(time_budget_s=90 * 60)),
+    # the laptop run with a round 2 three times its size, then its agent refined for 90 min
+    # (about 4 h on 2 cores; README): round 2 collects 360 episodes with round 1's agent (round
+    # 1's 120 tracks and 240 more) and trains V for 2,400 steps and M for 1,800 (laptop: 120,
+    # 800, 600); measured on the 834.6 laptop run's round 1, that round 2 alone scored 893.9
+    # (904.1 on 200 fresh tracks), against 834.6 (871.9). The refinement: a second CMA-ES from
+    # the agent's best.npy at pop 32 x 4, sigma0 0.03, 32 + 64 selection tracks, the start
+    # competing (on the 834.6 run: 880.1)
+    "laptop-long": dataclasses.replace(
+        LAPTOP,
+        collect=dataclasses.replace(LAPTOP_COLLECT, episodes=360),
+        vae=dataclasses.replace(LAPTOP_VAE, max_steps=2400),
+        mdrnn=dataclasses.replace(LAPTOP_MDRNN, steps=1800),
+        iterate=dataclasses.replace(LAPTOP.iterate, episodes=120, mdrnn_steps=600),
+        refine=RefineConfig(time_budget_s=90 * 60),
+    ),
     # CarRacing trained in M's dream: laptop-1round's data and V, M with reward and done
     # heads, 25 minutes of CMA-ES in dreams of 1,000 steps at tau 1.15 (no game in the loop
     # but a monitor), scored like every CarRacing run on 100 gymnasium episodes

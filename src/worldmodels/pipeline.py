@@ -299,8 +299,8 @@ class StageResult:
 def round_config(config: PipelineConfig, k: int, root: Path) -> PipelineConfig:
     """Round ``k`` (1-based) of an iterated run at ``root``: its collection (the agent of round
     k - 1 after the first), with ``warm_start`` that round's V, M and C as the starting
-    points, and for round 1 of several its own V steps and CMA-ES time (every later round,
-    which with ``warm_start`` refines what it inherits, takes the sections')."""
+    points, and for round 1 of several its own episodes, V and M steps and CMA-ES time (every
+    later round, which with ``warm_start`` refines what it inherits, takes the sections')."""
     it = config.iterate
     collect, vae, mdrnn, controller = config.collect, config.vae, config.mdrnn, config.controller
     if k > 1:
@@ -311,8 +311,12 @@ def round_config(config: PipelineConfig, k: int, root: Path) -> PipelineConfig:
             mdrnn = dataclasses.replace(mdrnn, init=str(before.mdrnn))
             controller = dataclasses.replace(controller, init=str(before.best_params))
     if k == 1 < it.rounds:
+        if it.episodes is not None:
+            collect = dataclasses.replace(collect, episodes=it.episodes)
         if it.vae_steps is not None:
             vae = dataclasses.replace(vae, max_steps=it.vae_steps)
+        if it.mdrnn_steps is not None:
+            mdrnn = dataclasses.replace(mdrnn, steps=it.mdrnn_steps)
         if it.controller_budget_s is not None:
             controller = dataclasses.replace(controller, time_budget_s=it.controller_budget_s)
     return dataclasses.replace(
