@@ -19,8 +19,8 @@ def add_arguments(p) -> None:
         choices=list(PRESETS),
         help="smoke: minutes; laptop: the best agent in ~2 h on 2 cores (two rounds, the "
         "second warm-started, the better round kept); laptop-1round: one round, ~2 h; "
-        "laptop-iter: two full cold rounds, ~3.5 h; laptop-long: laptop, then its agent "
-        "refined by a second CMA-ES for 90 min, ~3.6 h; "
+        "laptop-iter: two full cold rounds, ~3.5 h; laptop-long: laptop with a round 2 "
+        "three times bigger, then its agent refined by a second CMA-ES for 90 min, ~4 h; "
         "paper: the paper's settings; doom: the "
         "paper's Doom TakeCover dream experiment (doom-smoke: its tiny version); "
         "carracing-dream: laptop-scale CarRacing with C trained in M's dream",
