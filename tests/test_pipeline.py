@@ -822,3 +822,33 @@ def test_refine_starts_from_the_round_the_run_kept(two_rounds, tmp_path):
     play = load_play_models(out)
     assert play.run_dir.resolve() == (out / "round1").resolve()
     np.testing.assert_array_equal(play.params, agent.params)
+
+
+def test_a_moved_run_of_three_rounds_resumes_where_it_is_now(two_rounds, tmp_path):
+    """Round 2's saved settings hold paths into the run (round 1's agent, V, M and C), and the
+    stores and V's checkpoint name the agent that collected: a run stopped in round 2's CMA-ES
+    (here: the record of what came after it lost) and then moved goes on where it is now."""
+    import shutil
+
+    from worldmodels.data.store import EpisodeStore, load_manifest
+    from worldmodels.pipeline import read_run_config
+
+    first = tmp_path / "first"
+    shutil.copytree(two_rounds[0], first)
+    assert main([*rounds_args(first), "--set", "iterate.rounds=3"]) == 0
+    episodes = len(EpisodeStore(first / "episodes"))
+    round2 = json.loads((first / "round2" / "stages.json").read_text())
+    round2.pop("train-controller")
+    (first / "round2" / "stages.json").write_text(json.dumps(round2))
+    (first / "stages.json").write_text("{}")
+    out = tmp_path / "moved" / "run"
+    out.parent.mkdir()
+    first.rename(out)
+    assert main([*rounds_args(out), "--set", "iterate.rounds=3"]) == 0
+    saved, _ = read_run_config(out / "round2", out)
+    assert saved.collect.agent == str(out / "round1")
+    assert saved.vae.init == str(out / "round1" / "vae" / "vae.pt")
+    assert len(EpisodeStore(out / "episodes")) == episodes  # nothing collected again
+    identity = load_manifest(out / "episodes")["identity"]
+    assert identity["agent"] == str((out / "round2").resolve())
+    assert set(json.loads((out / "stages.json").read_text())) == set(STAGES)

@@ -19,11 +19,13 @@ second run on the same folder must use the same config.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from worldmodels.config import (
     DREAM_REFINE,
@@ -99,16 +101,20 @@ SECTION_STAGE = {
 }
 
 
-def prepare_run(out: str | Path, config: PipelineConfig, preset_name: str) -> RunPaths:
+def prepare_run(
+    out: str | Path, config: PipelineConfig, preset_name: str, run_root: Path | None = None
+) -> RunPaths:
     """Create the run folder, or resume one: settings of unfinished stages may change (saved
     in config.json), settings of finished stages may not (ValueError naming them), but for
-    more rounds and a longer refinement."""
+    more rounds and a longer refinement. ``run_root``: the run an earlier round's folder
+    belongs to (the folder itself for a run)."""
     paths = RunPaths(Path(out))
+    run_root = paths.root if run_root is None else run_root
     config_file = paths.root / "config.json"
     if paths.root.exists() and not paths.root.is_dir():
         raise NotADirectoryError(f"{paths.root}: exists and is not a folder")
     if config_file.exists():
-        saved_config, saved_preset = read_run_config(paths.root)
+        saved_config, saved_preset = read_run_config(paths.root, run_root)
         more_rounds = config.iterate.rounds > saved_config.iterate.rounds
         changed = config_differences(saved_config, config)
         finished = finished_stages(paths)
@@ -132,10 +138,17 @@ def prepare_run(out: str | Path, config: PipelineConfig, preset_name: str) -> Ru
     elif paths.root.is_dir() and any(paths.root.iterdir()):
         raise ValueError(f"{paths.root}: not empty and not a pipeline run folder; nothing written")
     paths.root.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(
-        config_file, {"type": "PipelineConfig", "preset": preset_name, **to_dict(config)}
-    )
+    write_run_config(paths.root, config, preset_name, run_root)
     return paths
+
+
+def write_run_config(folder: Path, config: PipelineConfig, preset: str, run_root: Path) -> None:
+    """``folder/config.json``; ``run_root`` is kept with it so that the paths into the run that
+    an earlier round's settings hold can follow the run where it is moved."""
+    atomic_write_json(
+        folder / "config.json",
+        {"type": "PipelineConfig", "preset": preset, "run_root": str(run_root), **to_dict(config)},
+    )
 
 
 ROUND_FOLDER = re.compile(r"round\d+")  # an earlier round's folder in a run folder
@@ -169,10 +182,7 @@ def make_last_round_an_earlier_one(
             )
     staging.mkdir(exist_ok=True)
     preset = f"round {k} of {config.iterate.rounds}"
-    settings = to_dict(round_config(config, k, paths.root))
-    atomic_write_json(
-        staging / "config.json", {"type": "PipelineConfig", "preset": preset, **settings}
-    )
+    write_run_config(staging, round_config(config, k, paths.root), preset, paths.root)
     atomic_write_json(staging / "stages.json", finished)
     keep = {"config.json", "stages.json", staging.name}
     for item in sorted(paths.root.iterdir()):
@@ -186,12 +196,31 @@ def make_last_round_an_earlier_one(
     atomic_write_json(paths.root / "stages.json", {})
 
 
-def read_run_config(root: Path) -> tuple[PipelineConfig, str | None]:
-    """A run folder's saved settings and the name of the preset they came from."""
+def read_run_config(root: Path, run_root: Path | None = None) -> tuple[PipelineConfig, str | None]:
+    """A run folder's saved settings and the name of the preset they came from. The paths into
+    the run they hold (an earlier round's agent, V, M and C) are read where the run is now:
+    under ``run_root`` (``root`` itself for a run, its run for an earlier round's folder)."""
     saved = read_json(root / "config.json", "run config")
     saved.pop("type", None)
     preset_name = saved.pop("preset", None)
+    saved_root = saved.pop("run_root", None)
+    if saved_root is not None:
+        saved = moved_paths(saved, saved_root, str(root if run_root is None else run_root))
     return from_dict(PipelineConfig, saved), preset_name
+
+
+def moved_paths(value: Any, old: str, new: str) -> Any:
+    """A saved config (``to_dict``) with each path under the folder ``old`` moved under ``new``
+    (as given: a run resumed by another relative path, or moved, reads its own files)."""
+    if old in (new, "."):
+        return value
+    if isinstance(value, dict):
+        return {key: moved_paths(item, old, new) for key, item in value.items()}
+    if not isinstance(value, str):
+        return value
+    if value == old or value.startswith(old.rstrip(os.sep) + os.sep):
+        return new + value[len(old) :]
+    return value
 
 
 # settings a stage other than their section's reads: encode writes the mirrored latents
@@ -253,10 +282,12 @@ def run_pipeline(
     log: Callable[[str], None] = print,
     cluster=None,
     stages: tuple[str, ...] = STAGES,
+    run_root: Path | None = None,
 ) -> RunPaths:
     """Run the unfinished ``stages``; ``cluster`` (``RaySettings``) puts the stages that play
-    episodes on Ray: collect, C's CMA-ES (in the game or in the dream) and evaluate."""
-    paths = prepare_run(out, config, preset_name)
+    episodes on Ray: collect, C's CMA-ES (in the game or in the dream) and evaluate.
+    ``run_root``: the run that ``out``, an earlier round's folder, belongs to."""
+    paths = prepare_run(out, config, preset_name, run_root)
     stages_file = paths.root / "stages.json"
     done = finished_stages(paths)
     for stage in stages:
@@ -346,6 +377,7 @@ def _earlier_rounds(config: PipelineConfig, paths: RunPaths, progress, cluster, 
             round_config(config, k, paths.root),
             folder,
             preset_name=f"round {k} of {rounds}",
+            run_root=paths.root,
             progress=progress,
             log=lambda line, k=k: log(f"[round {k}] {line}"),
             cluster=cluster,

@@ -373,6 +373,20 @@ def is_store(path: str | Path) -> bool:
     return (Path(path) / MANIFEST).exists()
 
 
+# where the collecting agent's run was (it moves with the run; ``agent_digest`` says what the
+# agent is): kept in a store's identity, not compared
+WHEREABOUTS = ("agent",)
+
+
+def same_identity(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two stores' identities say the same data, wherever their runs are now."""
+
+    def what(identity):
+        return {k: v for k, v in identity.items() if k not in WHEREABOUTS}
+
+    return what(a) == what(b)
+
+
 class StoreWriter:
     """Creates or reopens a store and adds episodes to it, atomically and without duplicates.
 
@@ -387,13 +401,13 @@ class StoreWriter:
             raise StoreError(f"{self.path}: exists and is not a folder")
         if self.path.is_dir() and any(self.path.iterdir()):
             manifest = load_manifest(self.path)  # raises for a folder that is not a store
-            if manifest["kind"] != kind or manifest["identity"] != identity:
+            if manifest["kind"] != kind or not same_identity(manifest["identity"], identity):
                 raise StoreError(
                     f"{self.path}: holds a store ({manifest['kind']}) made with different settings "
                     f"({_difference(manifest['identity'], identity)}); "
                     "choose another folder or the same settings to resume"
                 )
-            self.manifest = manifest
+            self.manifest = {**manifest, "identity": identity}  # the agent where it is now
         else:
             self.manifest = {
                 "format": "worldmodels-store",
@@ -418,7 +432,7 @@ class StoreWriter:
         """
         path = Path(path)
         manifest = load_manifest(path)
-        if manifest["kind"] != kind or manifest["identity"] != identity:
+        if manifest["kind"] != kind or not same_identity(manifest["identity"], identity):
             raise StoreError(
                 f"{path}: holds a store made with different settings "
                 f"({_difference(manifest['identity'], identity)})"

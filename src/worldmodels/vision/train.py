@@ -26,7 +26,7 @@ import torch
 from tqdm import tqdm
 
 from worldmodels.config import VAEConfig, load_config, save_config, to_dict
-from worldmodels.data.store import EpisodeStore
+from worldmodels.data.store import EpisodeStore, same_identity
 from worldmodels.envs.carracing import check_mirrorable
 from worldmodels.utils.device import autocast, pick_device
 from worldmodels.utils.io import atomic_torch_save
@@ -58,6 +58,7 @@ CHANGEABLE_ON_RESUME = {
     "val_every",
     "device",
     "channels_last",
+    "init",  # a resume restores its own weights
 }
 
 
@@ -195,6 +196,13 @@ def store_fingerprint(store: EpisodeStore) -> dict[str, Any]:
     }
 
 
+def same_store(saved: dict[str, Any], now: dict[str, Any]) -> bool:
+    rest = ("episodes", "frames")
+    return same_identity(saved["identity"] or {}, now["identity"] or {}) and all(
+        saved[k] == now[k] for k in rest
+    )
+
+
 def check_resumable(saved: dict[str, Any], config: VAEConfig, store: EpisodeStore) -> None:
     old, new = saved["config"], to_dict(config)
     diffs = [
@@ -202,7 +210,7 @@ def check_resumable(saved: dict[str, Any], config: VAEConfig, store: EpisodeStor
         for k in new
         if k not in CHANGEABLE_ON_RESUME and old.get(k) != new[k]
     ]
-    if saved["store"] != store_fingerprint(store):
+    if not same_store(saved["store"], store_fingerprint(store)):
         diffs.append(f"store: {saved['store']} in the checkpoint, {store_fingerprint(store)} now")
     if diffs:
         raise ValueError(
