@@ -545,3 +545,72 @@ def test_weight_decay_penalises_large_weights(tmp_path):
         progress=False,
     )
     assert np.abs(state.es.mean).max() < 0.3  # pulled towards zero, never pushed away
+
+
+def shuffled_latents(vae, seed: int = 0):
+    """A copy of V whose latent dimension i is the original's dimension perm[i], negated where
+    sign[i] is -1 (the same features, read in another order: what C's warm start meets when V
+    moves)."""
+    import copy
+
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(vae.z_size)
+    sign = np.where(rng.random(vae.z_size) < 0.5, -1.0, 1.0)
+    moved = copy.deepcopy(vae)
+    with torch.no_grad():
+        s = torch.as_tensor(sign, dtype=torch.float32)
+        moved.fc_mu.weight.copy_(vae.fc_mu.weight[perm] * s[:, None])
+        moved.fc_mu.bias.copy_(vae.fc_mu.bias[perm] * s)
+    return moved
+
+
+def test_a_refitted_controller_reads_a_shuffled_latent_space_as_before(smoke_run):
+    """C on z alone, V's latent dimensions shuffled and half negated: the old weights on the
+    new z drive otherwise, the refitted ones act on the same frames as the old C did."""
+    from worldmodels.controller.refit import controller_inputs, refit_controller
+    from worldmodels.data.store import EpisodeStore
+    from worldmodels.vision.train import load_vae
+
+    vae = load_vae(smoke_run / "vae" / "vae.pt").eval()
+    moved = shuffled_latents(vae)
+    spec = ControllerSpec(z_size=vae.z_size, mode="z")
+    rng = np.random.default_rng(1)
+    weight, bias = rng.normal(0, 0.5, (vae.z_size, 3)), rng.normal(0, 0.5, 3)
+    old = np.concatenate([weight.ravel(), bias])
+    store = EpisodeStore(smoke_run / "episodes")
+    result = refit_controller(old, spec, (vae, None), (moved, None), store, ridge=1e-6)
+    assert min(result.r2) > 0.999 and max(result.r2_unchanged) < 0.5
+    assert result.steps == store.num_steps and result.episodes == list(range(len(store)))
+    x_old, x_new = (
+        torch.as_tensor(controller_inputs(store[0], v, None, spec), dtype=torch.float32)
+        for v in (vae, moved)
+    )
+
+    def act(params, x):
+        p = torch.as_tensor(params, dtype=torch.float32).expand(len(x), -1)
+        return controller_actions(p, x, spec).numpy()
+
+    np.testing.assert_allclose(act(result.params, x_new), act(old, x_old), atol=2e-3)
+    assert np.abs(act(old, x_new) - act(old, x_old)).max() > 0.3
+
+
+def test_refit_init_is_refused_where_it_cannot_refit(smoke_run, tmp_path, capsys):
+    """A warm start with no controller.json beside it names the file that is missing; a
+    two-layer C (z_hidden) and --refit-init without --init are refused."""
+    import shutil
+
+    from worldmodels.cli import main
+
+    with pytest.raises(ValueError, match="refit_init"):
+        ControllerConfig(mode="z_hidden", refit_init=True).validate()
+    lone = tmp_path / "lone" / "best.npy"
+    lone.parent.mkdir()
+    shutil.copy(smoke_run / "controller" / BEST, lone)
+    args = ["train-controller", "--vae", str(smoke_run / "vae" / "vae.pt")]
+    args += ["--mdrnn", str(smoke_run / "mdrnn" / "mdrnn.pt"), "--out", str(tmp_path / "c")]
+    args += ["--generations", "1", "--popsize", "2", "--rollouts", "1", "--no-progress"]
+    args += ["--refit-init", str(smoke_run / "episodes")]
+    assert main(args) == 2
+    assert "needs --init" in capsys.readouterr().err
+    assert main([*args, "--init", str(lone)]) == 2
+    assert str(lone.parent / "controller.json") in capsys.readouterr().err

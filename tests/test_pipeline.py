@@ -397,6 +397,7 @@ def test_a_terminated_evaluation_leaves_no_worker_and_keeps_the_old_result(smoke
 ROUNDS_SETS = ["iterate.rounds=2", "iterate.vae_steps=10", "collect.agent_noise=0"]
 ROUNDS_SETS += ["iterate.episodes=3"]  # round 1's; round 2 the collect section's 4
 ROUNDS_SETS += ["controller.z_mode=mean", "iterate.warm_start=true", "iterate.keep_best_round=true"]
+ROUNDS_SETS += ["controller.refit_init=true"]
 
 
 def rounds_args(out) -> list[str]:
@@ -425,7 +426,9 @@ def test_each_round_collects_with_the_agent_of_the_round_before(two_rounds, caps
     With warm_start, round 2's V, M and C start from round 1's."""
     from worldmodels.agent import Agent
     from worldmodels.controller.evaluate import evaluate_agent
+    from worldmodels.controller.train import SELECTION_JSON
     from worldmodels.data.store import EpisodeStore, load_manifest
+    from worldmodels.utils.io import file_digest_of
 
     out, log = two_rounds
     args = rounds_args(out)
@@ -442,6 +445,13 @@ def test_each_round_collects_with_the_agent_of_the_round_before(two_rounds, caps
     for saved, given in started_from.items():
         assert json.loads((out / saved).read_text())["init"] == str(given), saved
         assert json.loads((round1 / saved).read_text())["init"] is None, saved
+    # C's warm start refitted onto round 2's V and M first: CMA-ES and the final selection
+    # (generation 0) start from that, round 1 (from zeros) has nothing to refit
+    refit = json.loads((out / "controller" / "refit.json").read_text())
+    assert refit["init"] == str(round1 / "controller" / BEST) and min(refit["r2"]) > 0.9
+    selection = json.loads((out / "controller" / SELECTION_JSON).read_text())
+    assert selection["init"] == file_digest_of([out / "controller" / "init.npy"])
+    assert not (round1 / "controller" / "refit.json").exists()
     first = load_manifest(round1 / "episodes")["identity"]
     final = load_manifest(out / "episodes")["identity"]
     assert first["policy"] == "brownian" and "agent" not in first
@@ -845,7 +855,7 @@ def test_a_moved_run_of_three_rounds_resumes_where_it_is_now(two_rounds, tmp_pat
     out.parent.mkdir()
     first.rename(out)
     assert main([*rounds_args(out), "--set", "iterate.rounds=3"]) == 0
-    saved, _ = read_run_config(out / "round2", out)
+    saved, _ = read_run_config(out / "round2")
     assert saved.collect.agent == str(out / "round1")
     assert saved.vae.init == str(out / "round1" / "vae" / "vae.pt")
     assert len(EpisodeStore(out / "episodes")) == episodes  # nothing collected again

@@ -257,6 +257,11 @@ class ControllerConfig:
     # a crash weigh in the ranking more than once; the rest are fresh tracks. 0: every track
     # fresh, as in 2018
     replay_hard: int = 0
+    # a deviation (with init): the warm start, a C evolved on another V and M (an earlier
+    # round's), is first refitted onto this V and M by ridge regression on this run's episodes
+    # (controller/refit.py), so that its inputs mean what they meant; False: the weights as
+    # they are (a fine-tuned V's latents have moved: the old C may drive like a random one)
+    refit_init: bool = False
     device: str = "auto"
     seed: int = 0
 
@@ -318,6 +323,8 @@ class ControllerConfig:
             raise ValueError("replay_hard replays common tracks: it needs common_seeds")
         if self.replay_hard and self.mirror_tracks:
             raise ValueError("replay_hard and mirror_tracks: choose one")
+        if self.refit_init and self.mode not in ("z", "zh"):
+            raise ValueError(f"refit_init refits C on [z] or [z, h], not mode {self.mode!r}")
         _check_choice("z_mode", self.z_mode, Z_MODES)
         _check_choice("backend", self.backend, BACKENDS)
 
@@ -437,8 +444,9 @@ class RefineConfig:
         return self.time_budget_s > 0
 
     def on(self, controller: ControllerConfig) -> ControllerConfig:
-        """``controller`` with this refinement's time, population, step and selection."""
-        return dataclasses.replace(controller, **dataclasses.asdict(self))
+        """``controller`` with this refinement's time, population, step and selection (it starts
+        from the agent on the agent's own V and M: nothing to refit)."""
+        return dataclasses.replace(controller, refit_init=False, **dataclasses.asdict(self))
 
     def validate(self) -> None:
         if self.time_budget_s < 0:
@@ -803,6 +811,11 @@ def apply_overrides(config: PipelineConfig, assignments: list[str]) -> PipelineC
             config.refine.on(config.controller).validate()
         except ValueError as e:
             raise ValueError(f"--set: refine (on the controller section): {e}") from None
+    if config.dream is not None and config.controller.refit_init:
+        raise ValueError(
+            "--set controller.refit_init: refits the warm start of C evolved in the game, "
+            "not in a dream"
+        )
     if config.dream is not None and config.controller.replay_hard:
         raise ValueError(
             "--set controller.replay_hard: a dream run's C plays M's dreams, not tracks"

@@ -106,15 +106,14 @@ def prepare_run(
 ) -> RunPaths:
     """Create the run folder, or resume one: settings of unfinished stages may change (saved
     in config.json), settings of finished stages may not (ValueError naming them), but for
-    more rounds and a longer refinement. ``run_root``: the run an earlier round's folder
-    belongs to (the folder itself for a run)."""
+    more rounds and a longer refinement. ``run_root``: the run that ``out``, an earlier round's
+    folder, belongs to."""
     paths = RunPaths(Path(out))
-    run_root = paths.root if run_root is None else run_root
     config_file = paths.root / "config.json"
     if paths.root.exists() and not paths.root.is_dir():
         raise NotADirectoryError(f"{paths.root}: exists and is not a folder")
     if config_file.exists():
-        saved_config, saved_preset = read_run_config(paths.root, run_root)
+        saved_config, saved_preset = read_run_config(paths.root)
         more_rounds = config.iterate.rounds > saved_config.iterate.rounds
         changed = config_differences(saved_config, config)
         finished = finished_stages(paths)
@@ -142,12 +141,16 @@ def prepare_run(
     return paths
 
 
-def write_run_config(folder: Path, config: PipelineConfig, preset: str, run_root: Path) -> None:
-    """``folder/config.json``; ``run_root`` is kept with it so that the paths into the run that
-    an earlier round's settings hold can follow the run where it is moved."""
+def write_run_config(
+    folder: Path, config: PipelineConfig, preset: str, run_root: Path | None = None
+) -> None:
+    """``folder/config.json``; an earlier round's (``run_root``: the run it belongs to, the
+    folder above it) keeps that, so that the paths into the run that its settings hold can
+    follow the run where it is moved (:func:`read_run_config`)."""
+    where = {} if run_root is None else {"run_root": str(run_root)}
     atomic_write_json(
         folder / "config.json",
-        {"type": "PipelineConfig", "preset": preset, "run_root": str(run_root), **to_dict(config)},
+        {"type": "PipelineConfig", "preset": preset, **where, **to_dict(config)},
     )
 
 
@@ -196,30 +199,31 @@ def make_last_round_an_earlier_one(
     atomic_write_json(paths.root / "stages.json", {})
 
 
-def read_run_config(root: Path, run_root: Path | None = None) -> tuple[PipelineConfig, str | None]:
-    """A run folder's saved settings and the name of the preset they came from. The paths into
-    the run they hold (an earlier round's agent, V, M and C) are read where the run is now:
-    under ``run_root`` (``root`` itself for a run, its run for an earlier round's folder)."""
+def read_run_config(root: Path) -> tuple[PipelineConfig, str | None]:
+    """A run folder's saved settings and the name of the preset they came from. An earlier
+    round's folder keeps the run it belongs to (``run_root``): the paths into the run that its
+    settings hold (the round before's agent, V, M and C) are read where the run is now, the
+    folder above it."""
     saved = read_json(root / "config.json", "run config")
     saved.pop("type", None)
     preset_name = saved.pop("preset", None)
-    saved_root = saved.pop("run_root", None)
-    if saved_root is not None:
-        saved = moved_paths(saved, saved_root, str(root if run_root is None else run_root))
+    run_root = saved.pop("run_root", None)
+    if run_root is not None:
+        saved = moved_paths(saved, run_root, Path(root).parent)
     return from_dict(PipelineConfig, saved), preset_name
 
 
-def moved_paths(value: Any, old: str, new: str) -> Any:
+def moved_paths(value: Any, old: str, new: Path) -> Any:
     """A saved config (``to_dict``) with each path under the folder ``old`` moved under ``new``
-    (as given: a run resumed by another relative path, or moved, reads its own files)."""
-    if old in (new, "."):
-        return value
+    (a run moved, or resumed by another relative path, reads its own files)."""
     if isinstance(value, dict):
         return {key: moved_paths(item, old, new) for key, item in value.items()}
-    if not isinstance(value, str):
+    if not isinstance(value, str) or old in (".", ""):
         return value
-    if value == old or value.startswith(old.rstrip(os.sep) + os.sep):
-        return new + value[len(old) :]
+    if value == old:
+        return str(new)
+    if value.startswith(old.rstrip(os.sep) + os.sep):
+        return str(new / value[len(old.rstrip(os.sep)) + 1 :])
     return value
 
 
@@ -486,6 +490,7 @@ def _train_controller(
         resume=resume,
         progress=progress,
         cluster=cluster,
+        episodes_path=paths.episodes,
     )
     line = summary.line() + keep_best_round(config, paths, progress, cluster)
     return StageResult(line, summary.seconds, resume)

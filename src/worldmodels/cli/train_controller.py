@@ -92,6 +92,12 @@ def add_arguments(p) -> None:
         "--init",
         help="CMA-ES's first mean: these parameters (a best.npy of the same controller), not 0",
     )
+    p.add_argument(
+        "--refit-init",
+        metavar="EPISODES",
+        help="refit the --init controller (evolved on other V and M, beside its controller.json) "
+        "onto --vae and --mdrnn by ridge regression on this episode store first; a deviation",
+    )
     p.add_argument("--resume", action="store_true", help="continue from the ES checkpoint")
     add_ray_arguments(p)
     p.add_argument("--no-progress", action="store_true")
@@ -110,8 +116,11 @@ def run(args) -> int:
         init=args.init,
         mirror_tracks=args.mirror_tracks,
         replay_hard=args.replay_hard,
+        refit_init=args.refit_init is not None,
     )
     config.validate()
+    if config.refit_init and config.init is None:
+        raise ValueError("--refit-init refits the warm start: it needs --init")
     if config.mode in ("zh", "zch") and args.mdrnn is None:
         raise ValueError(f"controller mode {config.mode!r} needs --mdrnn")
     summary = train_controller(
@@ -122,6 +131,7 @@ def run(args) -> int:
         resume=args.resume,
         progress=not args.no_progress,
         cluster=ray_settings(args),
+        episodes_path=args.refit_init,
     )
     print(summary.line())
     return 0

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import io
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -168,8 +168,10 @@ def train_controller(
     resume: bool = False,
     progress: bool = True,
     cluster=None,
+    episodes_path: str | Path | None = None,
 ) -> ControllerSummary:
-    """``cluster`` (a ``distributed.cluster.RaySettings``): run the rollouts on Ray workers."""
+    """``cluster`` (a ``distributed.cluster.RaySettings``): run the rollouts on Ray workers.
+    ``episodes_path``: the episodes ``config.refit_init`` refits the warm start on."""
     from worldmodels.memory.train import load_mdrnn
     from worldmodels.utils.training import summary_writer
     from worldmodels.vision.train import load_vae
@@ -196,6 +198,10 @@ def train_controller(
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, out_dir / "config.json")
     write_controller_json(out_dir, spec, vae_path, mdrnn_path, config)
+    if config.refit_init and config.init is not None:
+        config = replace(
+            config, init=str(refitted_init(config, vae, mdrnn, spec, episodes_path, out_dir))
+        )
     engine = rollout_engine(
         policy,
         env=config.env,
@@ -366,6 +372,26 @@ def write_controller_json(
             "relative_to": "..",
         },
     )
+
+
+REFIT_INIT = "init.npy"  # the warm start refitted onto this V and M (refit_init)
+REFIT_JSON = "refit.json"
+
+
+def refitted_init(config, vae, mdrnn, spec, episodes_path, out_dir: Path) -> Path:
+    """``config.init`` refitted onto ``vae`` and ``mdrnn`` (controller/refit.py), made once and
+    kept in ``out_dir`` (a resume, and the final selection's warm start, read the same)."""
+    from worldmodels.controller.refit import refit_init
+
+    path = out_dir / REFIT_INIT
+    if path.exists():
+        return path
+    if episodes_path is None:
+        raise ValueError("refit_init needs the episodes to refit the warm start on")
+    result = refit_init(config.init, vae, mdrnn, spec, episodes_path)
+    atomic_write_json(out_dir / REFIT_JSON, {"init": str(config.init), **result.record()})
+    save_params(path, result.params)
+    return path
 
 
 def es_settings(config: ControllerConfig, spec: ControllerSpec, resume: bool = False) -> ESSettings:
