@@ -272,12 +272,20 @@ def test_a_final_selection_needs_mean_evals_in_the_game():
         apply_overrides(preset("doom-laptop"), ["refine.time_budget_s=60"])
     with pytest.raises(ValueError, match="a dream run's C plays M's dreams, not tracks"):
         apply_overrides(preset("doom-laptop"), ["controller.replay_hard=1"])
+    with pytest.raises(ValueError, match="refit_init: refits the warm start of C evolved in"):
+        apply_overrides(preset("doom-laptop"), ["controller.mode=zh", "controller.refit_init=true"])
+    with pytest.raises(
+        ValueError, match=r"refit_init refits C on \[z\] or \[z, h\], not mode 'zch'"
+    ):
+        apply_overrides(preset("doom-laptop"), ["controller.refit_init=true"])
 
 
 def test_a_refinement_is_checked_with_the_controller_settings_it_inherits():
     laptop_long = preset("laptop-long")  # refine: 32 x 4
     refined = apply_overrides(laptop_long, ["controller.replay_hard=1"])
     assert refined.refine.on(refined.controller).replay_hard == 1
+    refitted = apply_overrides(laptop_long, ["controller.refit_init=true"])
+    assert not refitted.refine.on(refitted.controller).refit_init  # from its own V and M
     with pytest.raises(ValueError, match=r"refine \(on the controller section\): replay_hard"):
         apply_overrides(laptop_long, ["controller.rollouts=8", "controller.replay_hard=5"])
 
