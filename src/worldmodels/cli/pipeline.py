@@ -18,7 +18,8 @@ def add_arguments(p) -> None:
         default="smoke",
         choices=list(PRESETS),
         help="smoke: minutes; laptop: the best agent in ~2 h on 2 cores (two rounds, the "
-        "second warm-started, the better round kept); laptop-1round: one round, ~2 h; "
+        "second warm-started from round 1's C refitted onto its V and M, the better round kept); "
+        "laptop-1round: one round, ~2 h; "
         "laptop-iter: two full cold rounds, ~3.5 h; laptop-long: laptop with a round 2 "
         "three times bigger, then its agent refined by a second CMA-ES for 90 min, ~4 h; "
         "paper: the paper's settings; doom: the "
