@@ -93,7 +93,7 @@ def controller_inputs(episode, vae, mdrnn, spec: ControllerSpec) -> np.ndarray:
     )
     if not spec.uses_memory:
         return z.double().cpu().numpy()
-    actions = torch.as_tensor(np.asarray(episode["actions"]), dtype=z.dtype, device=device)
+    actions = torch.as_tensor(np.array(episode["actions"]), dtype=z.dtype, device=device)
     actions = actions.reshape(len(z), -1)
     restart = None
     if mdrnn.extra_inputs:
