@@ -20,10 +20,7 @@ import numpy as np
 
 from worldmodels.agent import Agent, load_params
 from worldmodels.controller.evaluate import evaluate_agent
-from worldmodels.controller.refit import refit_controller
-from worldmodels.data.store import EpisodeStore
-from worldmodels.memory.train import load_mdrnn
-from worldmodels.vision.train import load_vae
+from worldmodels.controller.refit import refit_init
 
 
 def with_params(agent: Agent, params: np.ndarray) -> Agent:
@@ -46,13 +43,9 @@ def main() -> None:
     before = Path(args.before) if args.before else rounds[-1]
     old_agent = Agent.load(before, device="cpu")
     new_agent = Agent.load(run, device="cpu", which="latest")  # the run's V and M
-    old_params = load_params(before / "controller" / "best.npy", old_agent.spec)
-    old = (
-        load_vae(old_agent.vae_path, "cpu").eval(),
-        load_mdrnn(old_agent.mdrnn_path, "cpu").eval(),
-    )
-    new = (new_agent.policy.vae, new_agent.policy.mdrnn)
-    store = EpisodeStore(run / "episodes")
+    old_best = before / "controller" / "best.npy"
+    old_params = load_params(old_best, old_agent.spec)
+    new = (new_agent.policy.vae, new_agent.policy.mdrnn, new_agent.spec, run / "episodes")
 
     def play(name: str, agent: Agent) -> None:
         start = time.perf_counter()
@@ -76,7 +69,7 @@ def main() -> None:
     play("on the run's V and M, as it is", with_params(new_agent, old_params))
     for n in args.fit_episodes:
         start = time.perf_counter()
-        fit = refit_controller(old_params, old_agent.spec, old, new, store, episodes=n)
+        fit = refit_init(old_best, *new, episodes=n)
         took = time.perf_counter() - start
         r2 = ", ".join(f"{v:.3f}" for v in fit.r2)
         was = ", ".join(f"{v:.3f}" for v in fit.r2_unchanged)

@@ -110,10 +110,15 @@ def r_squared(prediction: np.ndarray, target: np.ndarray) -> list[float]:
 
 
 def refit_init(
-    init: str | Path, vae, mdrnn, spec: ControllerSpec, episodes_path: str | Path
+    init: str | Path,
+    vae,
+    mdrnn,
+    spec: ControllerSpec,
+    episodes_path: str | Path,
+    episodes: int = REFIT_EPISODES,
 ) -> RefitResult:
     """The warm start ``init`` (a best.npy beside the controller.json naming the V and M it
-    drove) refitted for ``vae`` and ``mdrnn`` on the episodes at ``episodes_path``."""
+    drove) refitted for ``vae`` and ``mdrnn`` on ``episodes`` episodes at ``episodes_path``."""
     from worldmodels.agent import checkpoint_paths, load_params
     from worldmodels.controller.train import CONTROLLER_JSON, read_controller_json
     from worldmodels.memory.train import load_mdrnn
@@ -140,4 +145,5 @@ def refit_init(
         (old_vae, old_mdrnn),
         (vae.eval(), mdrnn.eval() if mdrnn is not None else None),
         EpisodeStore(episodes_path),
+        episodes,
     )
