@@ -532,7 +532,8 @@ LAPTOP_1ROUND = PipelineConfig(
 # had moved its latents: round 1's C scored ~120 there on one run); on laptop-long's round 2
 # of that run 833.7 against 702.3 (paired +131.4, SE 11.3; README)
 # Tried, not adopted: round 1's CMA-ES 30 min and round 2 of 240 episodes, V 1,600, M 1,200
-# (the same ~115 min): 747.4 against this preset's 712.0 on one round 1 (+35.4, SE 22.3; README)
+# (the same ~115 min): 747.4 against this preset's 712.0 on one round 1 (+35.4, SE 22.3), on
+# 200 fresh tracks 790.3 against 779.2 (+11.2, SE 12.3): level (README)
 LAPTOP = dataclasses.replace(
     LAPTOP_1ROUND,
     vae=dataclasses.replace(LAPTOP_VAE, max_steps=800),
