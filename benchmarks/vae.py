@@ -13,7 +13,9 @@ figures do not mix:
   with plain reads (what training uses) and, for contrast, through the episodes' memory maps;
 - encode: ``encode_store`` over the whole store, batch 1000, writes included.
 
-On CUDA (when available) training runs in float32 and with bf16 + channels_last, and encoding.
+Training runs in float32 (the baseline) and, on a CPU with native bfloat16 (AVX512-BF16 or AMX),
+with channels_last and with bf16 + channels_last too (``vae.bf16``, ``vae.channels_last``); on
+CUDA (when available) in float32 and with bf16 + channels_last, and encoding.
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ def child_train(store: str, args) -> dict:
         checkpoint_every=10**9,
         device=args.device,
         bf16=args.bf16,
-        channels_last=args.bf16,
+        channels_last=args.channels_last,
     )
     with tempfile.TemporaryDirectory() as out:
         train_vae(store, out, config, progress=False)
@@ -167,11 +169,14 @@ def main() -> None:
     parser.add_argument("--store", help=argparse.SUPPRESS)
     parser.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
     parser.add_argument("--bf16", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--channels-last", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--mmap", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--vae", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     import torch
+
+    from worldmodels.utils.device import bf16_supported
 
     torch.set_num_threads(args.threads)
     if args.child:
@@ -179,6 +184,13 @@ def main() -> None:
         return
 
     cuda = torch.cuda.is_available()
+    # float32 is the baseline; the speed options where this CPU has native bfloat16
+    cpu_train_arms = [("fp32", {})]
+    if bf16_supported(torch.device("cpu")):
+        cpu_train_arms += [
+            ("channels_last", {"channels_last": True}),
+            ("bf16+channels_last", {"bf16": True, "channels_last": True}),
+        ]
     started = time.perf_counter()
     print(
         f"V benchmark: torch {torch.__version__}, {args.threads} CPU threads, "
@@ -191,14 +203,9 @@ def main() -> None:
         vae = save_untrained_vae(Path(tmp) / "vae.pt")
         for n, store in stores.items():
             label = f"{n} ep ({n * STEPS_PER_EPISODE // 1000}k frames)"
-            rows.append(
-                (
-                    f"train, batch 100, {args.steps} steps",
-                    "cpu",
-                    label,
-                    run_child("train", store, args),
-                )
-            )
+            for what, options in cpu_train_arms:
+                result = run_child("train", store, args, **options)
+                rows.append((f"train, batch 100, {what}", "cpu", label, result))
             rows.append(
                 ("stream 1 epoch, plain reads", "-", label, run_child("stream", store, args))
             )
@@ -216,7 +223,9 @@ def main() -> None:
             if cuda:
                 for bf16 in (False, True):
                     what = "train, batch 100" + (", bf16+channels_last" if bf16 else ", fp32")
-                    result = run_child("train", store, args, device="cuda", bf16=bf16)
+                    result = run_child(
+                        "train", store, args, device="cuda", bf16=bf16, channels_last=bf16
+                    )
                     rows.append((what, "cuda", label, result))
                 rows.append(
                     (

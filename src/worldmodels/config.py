@@ -118,8 +118,10 @@ class VAEConfig:
     log_every: int = 50
     val_every: int = 500  # validation loss and a picture in TensorBoard (and at the end)
     device: str = "auto"
-    bf16: bool = False  # CUDA only
-    channels_last: bool = False  # CUDA only
+    # speed options: bf16 autocast where bfloat16 is native (CUDA, or a CPU with AVX512-BF16 or
+    # AMX; refused elsewhere), convs in channels-last memory (CUDA, CPU); benchmarks/vae.py
+    bf16: bool = False
+    channels_last: bool = False
     # start from this V's weights (a vae.pt, or a folder holding one), not random ones
     init: str | None = None
     # a deviation from the paper (CarRacing): half of each batch flipped left-right, so V

@@ -46,9 +46,14 @@ def add_arguments(p) -> None:
         "--checkpoint-every", type=positive_int, help=f"steps (default {d.checkpoint_every})"
     )
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps (default auto)")
-    p.add_argument("--bf16", action="store_true", default=None, help="bf16 autocast (CUDA)")
     p.add_argument(
-        "--channels-last", action="store_true", default=None, help="channels-last convs (CUDA)"
+        "--bf16",
+        action="store_true",
+        default=None,
+        help="bf16 autocast (CUDA, or a CPU with AVX512-BF16 or AMX)",
+    )
+    p.add_argument(
+        "--channels-last", action="store_true", default=None, help="channels-last convs (CUDA, CPU)"
     )
     p.add_argument(
         "--mirror",

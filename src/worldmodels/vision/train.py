@@ -28,7 +28,7 @@ from tqdm import tqdm
 from worldmodels.config import VAEConfig, load_config, save_config, to_dict
 from worldmodels.data.store import EpisodeStore, same_identity
 from worldmodels.envs.carracing import check_mirrorable
-from worldmodels.utils.device import autocast, pick_device
+from worldmodels.utils.device import autocast, bf16_supported, pick_device
 from worldmodels.utils.io import atomic_torch_save
 from worldmodels.utils.training import (
     Checkpointer,
@@ -153,14 +153,16 @@ def load_vae(
 # Setup
 
 
-def check_cuda_options(config: VAEConfig, device: torch.device) -> None:
-    """bf16 autocast and channels_last are CUDA speed-ups; elsewhere they are refused."""
-    for flag in ("bf16", "channels_last"):
-        if getattr(config, flag) and device.type != "cuda":
-            option = "--" + flag.replace("_", "-")
-            raise ValueError(f"{option} needs a CUDA device; this run is on {device.type}")
-    if config.bf16 and not torch.cuda.is_bf16_supported():
-        raise ValueError("--bf16: this GPU does not support bfloat16")
+def check_speed_options(config: VAEConfig, device: torch.device) -> None:
+    """bf16 autocast needs native bfloat16 (a CUDA GPU with it, a CPU with AVX512-BF16 or AMX:
+    elsewhere it is emulated, slower than float32); channels_last runs on CUDA and CPUs."""
+    if config.channels_last and device.type not in ("cuda", "cpu"):
+        raise ValueError(f"--channels-last runs on CUDA or a CPU; this run is on {device.type}")
+    if config.bf16 and not bf16_supported(device):
+        raise ValueError(
+            f"--bf16 needs native bfloat16 (a CUDA GPU with it, or a CPU with AVX512-BF16 or "
+            f"AMX); this {device.type} has none, where bf16 would run slower than float32"
+        )
 
 
 def configure_cuda() -> None:
@@ -352,7 +354,7 @@ def train_vae(
         check_mirrorable(store)
     train_eps, val_eps = split_episodes(store, config.val_episodes)
     device = pick_device(config.device)
-    check_cuda_options(config, device)
+    check_speed_options(config, device)
     refuse_overwrite(out, resume)
     if device.type == "cuda":
         configure_cuda()
