@@ -589,7 +589,8 @@ PRESETS: dict[str, PipelineConfig] = {
     # 800, 600); measured on the 834.6 laptop run's round 1, that round 2 alone scored 893.9
     # (904.1 on 200 fresh tracks), against 834.6 (871.9). The refinement: a second CMA-ES from
     # the agent's best.npy at pop 32 x 4, sigma0 0.03, 32 + 64 selection tracks, the start
-    # competing (on the 834.6 run: 880.1)
+    # competing (on the 834.6 run: 880.1). One whole run from scratch (default seeds): 806.5,
+    # its round 2 before the refinement 833.7 (fresh tracks 854.9 / 857.3; README)
     "laptop-long": dataclasses.replace(
         LAPTOP,
         collect=dataclasses.replace(LAPTOP_COLLECT, episodes=360),
