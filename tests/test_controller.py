@@ -299,6 +299,9 @@ def test_the_final_selection_keeps_the_best_mean_over_all_selection_tracks(tmp_p
     np.testing.assert_array_equal(np.load(tmp_path / BEST), params[best])
     row = next(r for r in record["candidates"] if r["generation"] == record["chosen"])
     assert row["episodes"] == 5 and row["final_mean"] == pytest.approx(final[best] / 3, abs=1e-3)
+    # every track's return is kept (paired comparisons later): the mean-eval's, then the final's
+    assert len(row["returns"]) == 5 and row["returns"][:2] == [0.0, 0.0]
+    assert np.mean(row["returns"]) == pytest.approx(row["selection_mean"])
     # a rerun with the same candidates reuses the record, and restores best.npy from it
     np.save(tmp_path / BEST, np.zeros(policy.spec.num_params))
     assert final_selection(state, None, config, tmp_path) == record

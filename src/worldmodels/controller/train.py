@@ -331,6 +331,7 @@ def final_selection(state: ESState, engine, config: ControllerConfig, out_dir: P
                     "selection_mean": float(every.mean()),
                     "selection_std": float(every.std()),
                     "episodes": len(every),
+                    "returns": every.tolist(),  # per track, in the order of selection_seeds()
                 }
             )
         # a tie keeps the later generation (the warm start is generation 0)
