@@ -1,6 +1,6 @@
 """V on this machine: training and encoding images/s, and peak memory against the store's size.
 
-    python benchmarks/vae.py [--episodes 20 200] [--steps 25] [--threads 2]
+    python benchmarks/vae.py [--episodes 20 200] [--steps 150] [--threads 2]
 
 Collects ``min(--episodes)`` brownian episodes of 100 steps with the fast backend, then makes
 the larger stores by writing the same episodes again under new indices (cheap; fine for a
@@ -14,7 +14,9 @@ figures do not mix:
 - encode: ``encode_store`` over the whole store, batch 1000, writes included.
 
 Training runs in float32 (the baseline) and, on a CPU with native bfloat16 (AVX512-BF16 or AMX),
-with channels_last and with bf16 + channels_last too (``vae.bf16``, ``vae.channels_last``); on
+with channels_last and with bf16 + channels_last too (``vae.bf16``, ``vae.channels_last``;
+measure at least ~150 steps: bf16's first ~50 steps ran ~1.6x float32's speed on this 2-core
+CPU, later ones ~1.1x, so a short run overstates it); on
 CUDA (when available) in float32 and with bf16 + channels_last, and encoding.
 """
 
@@ -79,7 +81,7 @@ def child_stream(store_path: str, args) -> dict:
     from worldmodels.vision.data import FrameStream, open_frame_store, split_episodes
 
     class MmapStream(FrameStream):
-        def load(self, steps):
+        def load(self, steps, mirrored=None):  # the store holds no mirroring here
             return torch.from_numpy(self.store.get_frames(steps, "obs", mmap=True))
 
     store = open_frame_store(store_path)
@@ -163,7 +165,7 @@ def save_untrained_vae(path: Path) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--episodes", type=int, nargs="+", default=[20, 200])
-    parser.add_argument("--steps", type=int, default=25, help="training steps per measurement")
+    parser.add_argument("--steps", type=int, default=150, help="training steps per measurement")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch")
     parser.add_argument("--child", choices=CHILDREN, help=argparse.SUPPRESS)
     parser.add_argument("--store", help=argparse.SUPPRESS)
