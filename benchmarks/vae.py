@@ -14,10 +14,10 @@ figures do not mix:
 - encode: ``encode_store`` over the whole store, batch 1000, writes included.
 
 Training runs in float32 (the baseline) and, on a CPU with native bfloat16 (AVX512-BF16 or AMX),
-with channels_last and with bf16 + channels_last too (``vae.bf16``, ``vae.channels_last``;
+with channels_last and with bf16 + channels_last too (``vae.bf16``, ``vae.channels_last``);
 measure at least ~150 steps: bf16's first ~50 steps ran ~1.6x float32's speed on this 2-core
-CPU, later ones ~1.1x, so a short run overstates it); on
-CUDA (when available) in float32 and with bf16 + channels_last, and encoding.
+CPU, later ones ~1.1x, so a short run overstates it. On CUDA (when available) training runs in
+float32 and with bf16 + channels_last, and encoding too.
 """
 
 from __future__ import annotations

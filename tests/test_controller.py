@@ -398,9 +398,9 @@ def test_bf16_encodes_v_in_bfloat16_and_keeps_z_and_actions_close():
 
 
 def test_bf16_is_refused_where_it_is_not_native(monkeypatch):
-    import worldmodels.controller.policy as policy_module
+    import worldmodels.utils.device as device_module
 
-    monkeypatch.setattr(policy_module, "bf16_supported", lambda device: False)
+    monkeypatch.setattr(device_module, "bf16_supported", lambda device: False)
     with pytest.raises(ValueError, match="no native bfloat16"):
         WorldModelPolicy(ConvVAE(), MDNRNN(), ControllerSpec(), bf16=True)
 

@@ -12,6 +12,7 @@ import torch
 from worldmodels.cli import main
 from worldmodels.config import VAEConfig, load_config
 from worldmodels.data.store import EpisodeStore, StoreError, StoreWriter
+from worldmodels.utils import device as device_module
 from worldmodels.utils.device import bf16_supported
 from worldmodels.utils.training import NonFiniteLossError
 from worldmodels.vision import train as train_module
@@ -283,7 +284,7 @@ def test_non_finite_loss_names_step_and_checkpoint(small_store, tmp_path):
 
 
 def test_bf16_is_refused_where_it_is_not_native(small_store, tmp_path, monkeypatch):
-    monkeypatch.setattr(train_module, "bf16_supported", lambda device: False)
+    monkeypatch.setattr(device_module, "bf16_supported", lambda device: False)
     config = VAEConfig(max_steps=1, device="cpu", bf16=True)
     with pytest.raises(ValueError, match="needs native bfloat16.*this cpu has none"):
         train_vae(small_store, tmp_path / "run", config, progress=False)

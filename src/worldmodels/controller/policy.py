@@ -15,7 +15,7 @@ import torch
 from worldmodels.controller.model import ControllerSpec, action_box, controller_actions
 from worldmodels.envs.preprocess import preprocess_frames
 from worldmodels.memory.mdrnn import MDNRNN
-from worldmodels.utils.device import autocast, bf16_supported
+from worldmodels.utils.device import autocast, require_native_bf16
 from worldmodels.vision.vae import ConvVAE, frames_to_input
 
 Z_MODES = ("sample", "mean")
@@ -65,11 +65,8 @@ class WorldModelPolicy:
             raise ValueError(f"unknown z_mode {z_mode!r}; choose one of {Z_MODES}")
         check_fits(spec, vae, mdrnn)
         self.device = torch.device(device)
-        if bf16 and not bf16_supported(self.device):
-            raise ValueError(
-                f"bf16: this {self.device.type} has no native bfloat16 (on a CPU: AVX512-BF16 "
-                "or AMX), where it would run slower than float32; leave bf16 off"
-            )
+        if bf16:
+            require_native_bf16(self.device, "bf16")
         self.bf16 = bf16
         # channels-last convolutions: the frames arrive NHWC anyway, and oneDNN runs V's
         # encoder ~1.7x faster on one CPU core that way (same outputs to 1e-7)

@@ -47,6 +47,16 @@ def bf16_supported(device: torch.device) -> bool:
     return False
 
 
+def require_native_bf16(device: torch.device, option: str) -> None:
+    """Refuse the speed option ``option`` (bfloat16) where ``device`` would only emulate it."""
+    if not bf16_supported(device):
+        raise ValueError(
+            f"{option} needs native bfloat16 (a CUDA GPU with it, or a CPU with AVX512-BF16 or "
+            f"AMX): this {device.type} has none, and with no native bfloat16 it would run slower "
+            f"than float32; leave {option} off"
+        )
+
+
 def autocast(device: torch.device, bf16: bool):
     """bfloat16 autocast on ``device`` when ``bf16``, else nothing (a no-op context)."""
     if bf16:

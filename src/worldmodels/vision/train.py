@@ -28,7 +28,7 @@ from tqdm import tqdm
 from worldmodels.config import VAEConfig, load_config, save_config, to_dict
 from worldmodels.data.store import EpisodeStore, same_identity
 from worldmodels.envs.carracing import check_mirrorable
-from worldmodels.utils.device import autocast, bf16_supported, pick_device
+from worldmodels.utils.device import autocast, pick_device, require_native_bf16
 from worldmodels.utils.io import atomic_torch_save
 from worldmodels.utils.training import (
     Checkpointer,
@@ -158,11 +158,8 @@ def check_speed_options(config: VAEConfig, device: torch.device) -> None:
     elsewhere it is emulated, slower than float32); channels_last runs on CUDA and CPUs."""
     if config.channels_last and device.type not in ("cuda", "cpu"):
         raise ValueError(f"--channels-last runs on CUDA or a CPU; this run is on {device.type}")
-    if config.bf16 and not bf16_supported(device):
-        raise ValueError(
-            f"--bf16 needs native bfloat16 (a CUDA GPU with it, or a CPU with AVX512-BF16 or "
-            f"AMX); this {device.type} has none, where bf16 would run slower than float32"
-        )
+    if config.bf16:
+        require_native_bf16(device, "--bf16")
 
 
 def configure_cuda() -> None:
