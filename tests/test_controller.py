@@ -20,6 +20,7 @@ from worldmodels.controller.train import (
     TRACKS_JSON,
     TRAIN_SEED_BASE,
     TrackLedger,
+    choose_candidate,
     final_selection,
     final_selection_seeds,
     generation_jobs,
@@ -307,6 +308,40 @@ def test_the_final_selection_keeps_the_best_mean_over_all_selection_tracks(tmp_p
     assert final_selection(state, None, config, tmp_path) == record
     np.testing.assert_array_equal(np.load(tmp_path / BEST), params[best])
     assert (tmp_path / SELECTION_JSON).exists()
+
+
+def test_a_warm_start_gives_way_only_to_a_clear_gain_on_the_final_tracks():
+    """The refit-s0 case: a refined mean, lucky on the mean-eval tracks that chose it, a few
+    points ahead of its start on the final tracks but crashing on two of them, beats the start
+    over every selection track; with a margin of 2 standard errors the start is kept, and a
+    steady gain of 30 on every final track still replaces it."""
+    rng = np.random.default_rng(0)
+    evals, final = 32, 64
+    start = 850 + rng.normal(0, 60, evals + final)
+    faster = start + 25 + rng.normal(0, 10, evals + final)
+    faster[:evals] += 20  # the winner's curse: it was chosen for its mean-eval
+    faster[[40, 70]] = 250  # two crashes on the final tracks
+    steady = start + 30
+    steady[:evals] -= 30  # no luck at all on the mean-eval tracks
+
+    def row(generation, returns):
+        return {
+            "generation": generation,
+            "selection_mean": float(np.mean(returns)),
+            "returns": returns.tolist(),
+        }
+
+    rows = [row(0, start), row(20, faster)]
+    assert rows[1]["selection_mean"] > rows[0]["selection_mean"]
+    gain = np.mean((faster - start)[evals:])
+    assert 0 < gain < 2 * np.std((faster - start)[evals:], ddof=1) / np.sqrt(final)
+    assert choose_candidate(rows, final, margin=0.0)["chosen"] == 20  # any gain: the old rule
+    kept = choose_candidate(rows, final, margin=2.0)
+    assert kept["chosen"] == 0
+    assert kept["gain_over_start"] == pytest.approx(gain) and kept["gain_se"] > gain / 2
+    assert choose_candidate([row(0, start), row(10, steady)], final, 2.0)["chosen"] == 10
+    # no warm start: the best mean over every selection track, a tie to the later generation
+    assert choose_candidate([row(10, steady), row(30, steady)], final, 2.0) == {"chosen": 30}
 
 
 def test_a_checkpoint_without_evaluated_means_keeps_the_best_mean_eval(tmp_path, capsys):

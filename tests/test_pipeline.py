@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -653,10 +654,11 @@ def with_refine(args: list[str]) -> list[str]:
     return args + [a for x in REFINE_SETS for a in ("--set", x)]
 
 
-def test_a_warm_start_is_kept_unless_a_mean_beats_it_on_every_selection_track(smoke_run, tmp_path):
+def test_a_warm_start_is_kept_unless_a_mean_beats_it_on_the_final_tracks(smoke_run, tmp_path):
     """The final selection of a warm-started CMA-ES (controller.init) replays the start, as
     generation 0, on every selection track beside the best means: a driving start is kept
-    against a braking mean, a braking start gives way to a driving one."""
+    against a braking mean, a braking start gives way to a driving one, unless the gain must
+    pass a margin (init_margin) it cannot."""
     from worldmodels.agent import Agent
     from worldmodels.config import ControllerConfig
     from worldmodels.controller.rollout import RolloutEngine
@@ -694,14 +696,22 @@ def test_a_warm_start_is_kept_unless_a_mean_beats_it_on_every_selection_track(sm
             assert abs(rows[0]["selection_mean"] - rows[10]["selection_mean"]) > 5
             assert record["chosen"] == (0 if start_drives else 10)
             np.testing.assert_array_equal(np.load(out / BEST), drive(spec, gas=True))
+        # a margin no gain passes keeps the braking start: decided again from the kept
+        # returns, nothing replayed (no engine)
+        strict = dataclasses.replace(config, init_margin=1e6)
+        assert final_selection(state, None, strict, out, spec)["chosen"] == 0
+        np.testing.assert_array_equal(np.load(out / BEST), start)
 
 
 def force_refine_choice(run, chosen: int) -> None:
-    """The refinement's final selection as if it had chosen ``chosen``; its stage and the ones
-    after it unfinished, so the next run replays the choice."""
+    """The refinement's final selection as if ``chosen`` had played 1,000 better than any
+    candidate on every track (so that it wins by any margin); its stage and the ones after it
+    unfinished, so the next run makes the choice again from the kept returns."""
     record_file = run / "refine" / "selection.json"
     record = json.loads(record_file.read_text())
-    record["chosen"] = chosen
+    top = max(max(r["returns"]) for r in record["candidates"]) + 1000
+    row = next(r for r in record["candidates"] if r["generation"] == chosen)
+    row["returns"], row["selection_mean"] = [top] * len(row["returns"]), top
     record_file.write_text(json.dumps(record))
     stages = json.loads((run / "stages.json").read_text())
     for stage in ("refine-controller", "evaluate", "report"):

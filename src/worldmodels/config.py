@@ -228,6 +228,10 @@ class ControllerConfig:
     # mean-evals overrates its mean: the winner's curse); 0: the best mean-eval, as in 2018
     final_top: int = 0
     final_episodes: int = 64
+    # with init: the final selection's best mean replaces the warm start only where its gain
+    # on the final tracks passes this many standard errors of the per-track difference (0:
+    # any gain); a small gain is often a faster agent that crashes on a few tracks in a hundred
+    init_margin: float = 0.0
     backend: str = "auto"
     num_envs: int = 64
     workers: int | None = None
@@ -296,8 +300,8 @@ class ControllerConfig:
             raise ValueError(f"sigma0 must be positive, got {self.sigma0}")
         if self.early_stop is not None and self.early_stop < 1:
             raise ValueError(f"early_stop must be positive, got {self.early_stop}")
-        if self.eval_every < 0 or self.weight_decay < 0 or self.final_top < 0:
-            raise ValueError("eval_every, weight_decay and final_top must be >= 0")
+        if min(self.eval_every, self.weight_decay, self.final_top, self.init_margin) < 0:
+            raise ValueError("eval_every, weight_decay, final_top and init_margin must be >= 0")
         if self.final_episodes < 1:
             raise ValueError(f"final_episodes must be positive, got {self.final_episodes}")
         if self.final_top and not self.eval_every:
@@ -429,8 +433,8 @@ class RefineConfig:
     (the controller section's 16 x 2 ranks on 32 episodes a generation). Every other setting
     (early stop, C's inputs, environments, selection tracks) is the controller section's.
     The starting agent competes in the final selection (generation 0): the refined agent
-    replaces it only with a better mean over the same selection tracks. ``time_budget_s`` 0:
-    no refinement."""
+    replaces it only where its gain on the final selection tracks passes ``init_margin``
+    standard errors of the per-track difference. ``time_budget_s`` 0: no refinement."""
 
     time_budget_s: float = 0.0
     popsize: int = 32
@@ -440,6 +444,7 @@ class RefineConfig:
     eval_episodes: int = 32
     final_top: int = 4
     final_episodes: int = 64
+    init_margin: float = 2.0
 
     @property
     def enabled(self) -> bool:

@@ -61,6 +61,14 @@ def add_arguments(p) -> None:
         "tracks and keep the best over all its tracks (0: the best mean-eval)",
     )
     p.add_argument("--final-episodes", type=positive_int, default=d.final_episodes)
+    p.add_argument(
+        "--init-margin",
+        type=float,
+        default=d.init_margin,
+        metavar="K",
+        help="with --init and --final-top: the best mean replaces the warm start only where it "
+        "beats it on the final tracks by more than K standard errors (0: any gain)",
+    )
     p.add_argument("--backend", default=d.backend, help="auto | gymnasium | envpool")
     p.add_argument("--num-envs", type=positive_int, default=d.num_envs)
     p.add_argument("--workers", type=int, default=d.workers)
@@ -111,6 +119,7 @@ def run(args) -> int:
         early_stop=args.early_stop,
         final_top=args.final_top,
         final_episodes=args.final_episodes,
+        init_margin=args.init_margin,
         backend=args.backend,
         bf16=args.bf16,
         init=args.init,

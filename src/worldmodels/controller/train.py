@@ -60,6 +60,13 @@ class ControllerSummary:
                 f"; final selection: {which}, "
                 f"{row['selection_mean']:.1f} over {row['episodes']} selection tracks"
             )
+            if "gain_over_start" in self.selection:
+                s = self.selection
+                chosen += (
+                    f" (the best mean's gain over the start on the final tracks "
+                    f"{s['gain_over_start']:+.1f}, SE {s['gain_se']:.1f}; "
+                    f"margin {s['margin']:g} SE)"
+                )
         return (
             f"{self.generations} generations in {self.seconds:.0f} s "
             f"({self.env_steps / max(self.seconds, 1e-9):.0f} env steps/s); best mean-eval {best}, "
@@ -282,9 +289,11 @@ def final_selection(state: ESState, engine, config: ControllerConfig, out_dir: P
     """Replay the ``final_top`` best evaluated means on ``final_episodes`` more selection
     tracks, all on the same tracks, and save as ``best.npy`` the one with the best mean over
     every selection track it played. A warm start (``config.init``, read with ``spec``)
-    competes too, as generation 0, on every selection track: CMA-ES keeps it unless a mean
-    beat it. Returns the record written to ``selection.json``, or None when there is no final
-    selection. Done once: a rerun with the same candidates reuses it."""
+    competes too, as generation 0, on every selection track: CMA-ES keeps it unless that mean
+    beats it on the final tracks by more than ``config.init_margin`` standard errors
+    (``choose_candidate``). Returns the record written to ``selection.json``, or None when
+    there is no final selection. Done once: a rerun with the same candidates reuses its
+    returns (the choice is made again: ``init_margin`` may have changed)."""
     if not config.final_top:
         return None
     if not state.evaluated and any(row["eval_mean"] != "" for row in state.history):
@@ -334,14 +343,39 @@ def final_selection(state: ESState, engine, config: ControllerConfig, out_dir: P
                     "returns": every.tolist(),  # per track, in the order of selection_seeds()
                 }
             )
-        # a tie keeps the later generation (the warm start is generation 0)
-        chosen = max(rows, key=lambda r: (r["selection_mean"], r["generation"]))["generation"]
-        record = {**key, "chosen": chosen, "candidates": rows}
-        record["seconds"] = time.perf_counter() - start
-        atomic_write_json(path, record)
+        record = {**key, "candidates": rows, "seconds": time.perf_counter() - start}
+    if "returns" in record["candidates"][0]:  # a record made before returns were kept: as is
+        record.update(choose_candidate(record["candidates"], len(seeds), config.init_margin))
+    atomic_write_json(path, record)
     params = next(c[1] for c in candidates if c[0] == record["chosen"])
     save_params(out_dir / BEST, params)
     return record
+
+
+def choose_candidate(rows: list[dict], final_episodes: int, margin: float) -> dict:
+    """The final selection's choice among its ``rows``: the best mean over every selection
+    track (a tie keeps the later generation). A warm start (generation 0) gives way to it only
+    where the mean's gain on the final tracks, which chose no candidate, passes ``margin``
+    standard errors of the per-track difference: a gain within the noise of ~64 tracks is
+    often a faster agent that crashes more, which a mean over a hundred tracks cannot see."""
+    best = max(
+        (r for r in rows if r["generation"] != 0),
+        key=lambda r: (r["selection_mean"], r["generation"]),
+        default=None,
+    )
+    start = next((r for r in rows if r["generation"] == 0), None)
+    if start is None or best is None:
+        return {"chosen": (best or start)["generation"]}
+    diff = np.subtract(best["returns"], start["returns"])[-final_episodes:]
+    gain = float(diff.mean())
+    se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else 0.0
+    beats = gain > margin * se
+    return {
+        "chosen": best["generation"] if beats else 0,
+        "gain_over_start": gain,
+        "gain_se": se,
+        "margin": margin,
+    }
 
 
 def chosen_row(record: dict) -> dict:
