@@ -778,6 +778,24 @@ def test_refine_on_a_finished_run_and_the_agent_it_keeps(smoke_run, tmp_path, ca
     capsys.readouterr()
     assert main(["evaluate", str(run), "--episodes", "1", "--max-steps", "20"]) == 0
     assert f"the run's agent is {run / 'refine'}'s" in capsys.readouterr().out
+    # another refine.init_margin on the finished refinement: the choice is made again from the
+    # kept returns (no generation played again) and the run scored again. The refined mean's
+    # gain over the start made small and steady: +1, +2 on alternate final tracks
+    record_file = run / "refine" / "selection.json"
+    record = json.loads(record_file.read_text())
+    rows = {r["generation"]: r for r in record["candidates"]}
+    rows[refined]["returns"] = [r + 1 + i % 2 for i, r in enumerate(rows[0]["returns"])]
+    record_file.write_text(json.dumps(record))
+    log = (run / "refine" / "log.csv").read_text()
+    for margin, kept in (("100", start), ("0", np.load(run / "refine" / BEST))):
+        eval_before = (run / "eval.json").stat().st_mtime_ns
+        assert main(args + ["--set", f"refine.init_margin={margin}"]) == 0
+        record = json.loads(record_file.read_text())
+        assert record["margin"] == float(margin)
+        assert record["gain_over_start"] == pytest.approx(1.5)
+        np.testing.assert_array_equal(Agent.load(run, device="cpu").params, kept)
+        assert (run / "eval.json").stat().st_mtime_ns != eval_before
+        assert (run / "refine" / "log.csv").read_text() == log
 
 
 def test_a_finished_refinement_given_more_time_goes_on_where_it_stopped(

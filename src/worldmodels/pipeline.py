@@ -106,8 +106,8 @@ def prepare_run(
 ) -> RunPaths:
     """Create the run folder, or resume one: settings of unfinished stages may change (saved
     in config.json), settings of finished stages may not (ValueError naming them), but for
-    more rounds and a longer refinement. ``run_root``: the run that ``out``, an earlier round's
-    folder, belongs to."""
+    more rounds, and a longer refinement or another margin for its final selection.
+    ``run_root``: the run that ``out``, an earlier round's folder, belongs to."""
     paths = RunPaths(Path(out))
     config_file = paths.root / "config.json"
     if paths.root.exists() and not paths.root.is_dir():
@@ -120,9 +120,8 @@ def prepare_run(
         frozen = frozen_keys(changed, finished)
         if more_rounds:  # allowed: the run's own round becomes an earlier one
             frozen = [key for key in frozen if key != "iterate.rounds"]
-        longer = longer_refinement(saved_config, config, finished)
-        if longer:  # allowed: the refinement's CMA-ES goes on from its checkpoint
-            frozen = [key for key in frozen if key != REFINE_BUDGET]
+        redo = refinement_changes(saved_config, config, finished)
+        frozen = [key for key in frozen if key not in redo]
         if frozen:
             same = " ".join(f"--set {a}" for a in assignments(saved_config, frozen))
             raise ValueError(
@@ -132,7 +131,7 @@ def prepare_run(
             )
         if more_rounds:
             make_last_round_an_earlier_one(paths, saved_config, config)
-        forget_stages(paths, stages_to_rerun(changed, finished, longer))
+        forget_stages(paths, stages_to_rerun(changed, finished, bool(redo)))
         preset_name = saved_preset if not changed else preset_name
     elif paths.root.is_dir() and any(paths.root.iterdir()):
         raise ValueError(f"{paths.root}: not empty and not a pipeline run folder; nothing written")
@@ -243,24 +242,30 @@ def frozen_keys(changed: list[str], finished) -> list[str]:
 
 
 REFINE_BUDGET = "refine.time_budget_s"
+REFINE_MARGIN = "refine.init_margin"
 
 
-def longer_refinement(saved: PipelineConfig, config: PipelineConfig, finished: dict) -> bool:
-    """A finished refinement given more time (the one finished stage whose setting may
-    change: it goes on from its checkpoint, as if it had been given that time from the start)."""
+def refinement_changes(saved: PipelineConfig, config: PipelineConfig, finished: dict) -> list:
+    """The settings of a finished refinement that may change (the only finished stage's that
+    may): more time, its CMA-ES going on from its checkpoint as if it had been given that time
+    from the start, and the final selection's margin, its choice made again from the returns
+    it kept."""
     done = finished.get(stage_of(REFINE_BUDGET), {})
-    return (
-        bool(done)
-        and not done.get("idle")
-        and config.refine.time_budget_s > saved.refine.time_budget_s
-    )
+    if not done or done.get("idle"):
+        return []
+    keys = []
+    if config.refine.time_budget_s > saved.refine.time_budget_s:
+        keys.append(REFINE_BUDGET)
+    if config.refine.init_margin != saved.refine.init_margin:
+        keys.append(REFINE_MARGIN)
+    return keys
 
 
-def stages_to_rerun(changed: list[str], finished: dict, longer: bool) -> set[str]:
+def stages_to_rerun(changed: list[str], finished: dict, refine_again: bool) -> set[str]:
     """The finished stages that run again with the changed settings: one that finished with
-    nothing to do whose settings changed, and the refinement when it was given more time."""
+    nothing to do whose settings changed, and the refinement given more time or a margin."""
     idle = {stage for stage in map(stage_of, changed) if finished.get(stage, {}).get("idle")}
-    return (idle | {stage_of(REFINE_BUDGET)}) if longer else idle
+    return (idle | {stage_of(REFINE_BUDGET)}) if refine_again else idle
 
 
 def forget_stages(paths: RunPaths, stages: set[str]) -> None:
