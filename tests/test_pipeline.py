@@ -210,6 +210,25 @@ def test_a_different_preset_on_the_same_folder_is_refused(smoke_run, capsys):
     assert "--set collect.episodes=4 " in err  # how to resume it: the smoke preset's value
 
 
+def test_a_setting_that_does_nothing_does_not_freeze_a_finished_run(smoke_run, tmp_path):
+    """controller.refit_init refits a warm start; a run without one (round 1 of an iterated
+    run, a one-round run) resumes whatever it says, as a run saved before the key existed
+    must, while a setting that acts on a finished stage stays refused."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(smoke_run, run)
+    config = json.loads((run / "config.json").read_text())
+    assert config["controller"]["init"] is None
+    config["controller"]["refit_init"] = not config["controller"]["refit_init"]
+    (run / "config.json").write_text(json.dumps(config))
+    stages = (run / "stages.json").read_text()
+    assert main(["pipeline", "--preset", "smoke", "--out", str(run), "--no-progress"]) == 0
+    assert (run / "stages.json").read_text() == stages  # nothing ran again
+    args = ["pipeline", "--preset", "smoke", "--out", str(run), "--set", "controller.sigma0=0.5"]
+    assert main(args) == 2
+
+
 def test_set_changes_typed_settings_of_a_preset():
     config = apply_overrides(
         preset("laptop"),

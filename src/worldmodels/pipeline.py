@@ -115,7 +115,7 @@ def prepare_run(
     if config_file.exists():
         saved_config, saved_preset = read_run_config(paths.root)
         more_rounds = config.iterate.rounds > saved_config.iterate.rounds
-        changed = config_differences(saved_config, config)
+        changed = setting_changes(saved_config, config)
         finished = finished_stages(paths)
         frozen = frozen_keys(changed, finished)
         if more_rounds:  # allowed: the run's own round becomes an earlier one
@@ -176,7 +176,7 @@ def make_last_round_an_earlier_one(
         was = dataclasses.replace(round_config(saved, j, paths.root), iterate=IterateConfig())
         now = round_config(config, j, paths.root)
         done = finished if j == k else finished_stages(RunPaths(paths.root / f"round{j}"))
-        frozen = frozen_keys(config_differences(was, now), done)
+        frozen = frozen_keys(setting_changes(was, now), done)
         if frozen:
             raise ValueError(
                 f"{paths.root}: {config.iterate.rounds} rounds would change settings of round "
@@ -233,6 +233,16 @@ KEY_STAGE = {"mdrnn.mirror": "encode"}
 def stage_of(key: str) -> str:
     """The stage a dotted setting (``controller.popsize``) belongs to."""
     return KEY_STAGE.get(key) or SECTION_STAGE[key.split(".")[0]]
+
+
+def setting_changes(old: PipelineConfig, new: PipelineConfig) -> list[str]:
+    """The settings (dotted keys) in which two configs differ, less one that does nothing in
+    either: ``controller.refit_init`` without a warm start (round 1 of an iterated run, which
+    a run saved before the key existed reads as false)."""
+    changed = config_differences(old, new)
+    if old.controller.init is None and new.controller.init is None:
+        changed = [key for key in changed if key != "controller.refit_init"]
+    return changed
 
 
 def frozen_keys(changed: list[str], finished) -> list[str]:
