@@ -345,8 +345,10 @@ def final_selection(state: ESState, engine, config: ControllerConfig, out_dir: P
             )
         record = {**key, "candidates": rows, "seconds": time.perf_counter() - start}
     if "returns" in record["candidates"][0]:  # a record made before returns were kept: as is
-        record.update(choose_candidate(record["candidates"], len(seeds), config.init_margin))
-    atomic_write_json(path, record)
+        choice = choose_candidate(record["candidates"], len(seeds), config.init_margin)
+        if any(record.get(k) != v for k, v in choice.items()):  # new, or another margin
+            record.update(choice)
+            atomic_write_json(path, record)
     params = next(c[1] for c in candidates if c[0] == record["chosen"])
     save_params(out_dir / BEST, params)
     return record
