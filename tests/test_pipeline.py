@@ -518,7 +518,7 @@ def test_round_1s_steps_and_time_are_its_own_and_later_rounds_take_the_sections(
     assert (rounds[0].vae.max_steps, rounds[0].controller.time_budget_s) == (2400, 3600)
     assert (rounds[0].collect.episodes, rounds[0].mdrnn.steps) == (50, 7)
     assert [(r.collect.episodes, r.mdrnn.steps) for r in rounds[1:]] == [(120, 600)] * 2
-    assert rounds[0].collect.policy == "brownian" and rounds[0].vae.init is None
+    assert rounds[0].collect.policy == "random_weights" and rounds[0].vae.init is None
     for k, later in ((2, rounds[1]), (3, rounds[2])):
         assert (later.vae.max_steps, later.controller.time_budget_s) == (800, 25 * 60)
         before = tmp_path / f"round{k - 1}"
