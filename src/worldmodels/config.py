@@ -536,7 +536,8 @@ LAPTOP_1ROUND = PipelineConfig(
 # 600 on the data round 1's agent collects and refines round 1's C for 25 min. Measured on
 # brownian data 863.0 (a whole run from scratch, 115.6 min), and 813.9, 790.6, 797.1 (round 2
 # on three seeds over one round 1; README); cold, round 2 at 30 min gave 782.3, 12 min 664.2.
-# With round 1 on random-weights data (LAPTOP_COLLECT): 841.1, the default seeds (brownian 712.0)
+# With round 1 on random-weights data (LAPTOP_COLLECT): 841.1, the default seeds (brownian 712.0),
+# and 828.6 with seeds 3 (brownian, an earlier version: 863.0)
 # keep_best_round: round 2 once came out worse than round 1 (713.4 against 794.5), so
 # both rounds' agents play 64 fresh selection tracks (~2 min) and the better is kept.
 # refit_init: round 1's C is refitted onto round 2's V and M before CMA-ES (the fine-tuned V
