@@ -604,6 +604,37 @@ def test_more_rounds_are_refused_where_round_1_would_have_trained_otherwise(
     assert sorted(p.name for p in out.iterdir()) == before
 
 
+def test_round_1_settings_compare_by_what_round_1_ran(two_rounds, tmp_path, capsys):
+    """A run whose round 1 took the collect section's 3 episodes (iterate.episodes none) goes
+    on with iterate.episodes=3 and 4 episodes for round 2 (how laptop-long grows a laptop
+    run's round 2), and is refused where round 1 would have had 4, with the setting that
+    resumes it."""
+    import shutil
+
+    from worldmodels.config import apply_overrides, preset
+    from worldmodels.pipeline import prepare_run
+
+    out = tmp_path / "run"
+    shutil.copytree(two_rounds[0], out)
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["iterate"]["episodes"] == 3 and saved["collect"]["episodes"] == 4
+    saved["iterate"]["episodes"], saved["collect"]["episodes"] = None, 3
+    (out / "config.json").write_text(json.dumps(saved))
+    stages = json.loads((out / "stages.json").read_text())
+    (out / "stages.json").write_text(json.dumps({"earlier-rounds": stages["earlier-rounds"]}))
+
+    grown = apply_overrides(preset("smoke"), ROUNDS_SETS)  # iterate.episodes=3, collect 4
+    prepare_run(out, grown, "smoke")
+    assert json.loads((out / "config.json").read_text())["collect"]["episodes"] == 4
+
+    (out / "config.json").write_text(json.dumps(saved))
+    args = [*rounds_args(out), "--set", "iterate.episodes=none"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "finished stages" in err and "--set iterate.episodes=3" in err
+    assert json.loads((out / "config.json").read_text()) == saved
+
+
 def drive(spec, gas: bool) -> np.ndarray:
     """A CarRacing C that ignores its input: straight on at full gas, or full brake."""
     params = np.zeros(spec.num_params, dtype=np.float32)

@@ -115,7 +115,11 @@ def prepare_run(
     if config_file.exists():
         saved_config, saved_preset = read_run_config(paths.root)
         more_rounds = config.iterate.rounds > saved_config.iterate.rounds
-        changed = setting_changes(saved_config, config)
+        if saved_config.iterate.rounds > 1 and config.iterate.rounds > 1:
+            saved_config = with_round1_sizes(saved_config)
+            changed = setting_changes(saved_config, with_round1_sizes(config))
+        else:
+            changed = setting_changes(saved_config, config)
         finished = finished_stages(paths)
         frozen = frozen_keys(changed, finished)
         if more_rounds:  # allowed: the run's own round becomes an earlier one
@@ -243,6 +247,22 @@ def setting_changes(old: PipelineConfig, new: PipelineConfig) -> list[str]:
     if old.controller.init is None and new.controller.init is None:
         changed = [key for key in changed if key != "controller.refit_init"]
     return changed
+
+
+def with_round1_sizes(config: PipelineConfig) -> PipelineConfig:
+    """An iterated run's ``config`` with round 1's sizes written out (``iterate.episodes``
+    none: the collect section's, and so on), so that two runs' settings compare by what their
+    round 1 runs: ``iterate.episodes=120`` with 360 episodes collected for round 2 resumes a
+    run whose round 1 took the collect section's 120, and 360 with ``iterate.episodes`` none
+    does not."""
+    first = round_config(config, 1, Path("."))  # round 1 reads no path of the run
+    sizes = dict(
+        episodes=first.collect.episodes,
+        vae_steps=first.vae.max_steps,
+        mdrnn_steps=first.mdrnn.steps,
+        controller_budget_s=first.controller.time_budget_s,
+    )
+    return dataclasses.replace(config, iterate=dataclasses.replace(config.iterate, **sizes))
 
 
 def frozen_keys(changed: list[str], finished) -> list[str]:
