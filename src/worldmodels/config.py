@@ -600,7 +600,8 @@ PRESETS: dict[str, PipelineConfig] = {
     # (904.1 on 200 fresh tracks), against 834.6 (871.9). The refinement: a second CMA-ES from
     # the agent's best.npy at pop 32 x 4, sigma0 0.03, 32 + 64 selection tracks, the start
     # competing (on the 834.6 run: 880.1). This version (random-weights round 1), one whole run
-    # from scratch (default seeds): 881.6 (fresh 897.6). The brownian version's: 806.5,
+    # from scratch (default seeds): 881.6 (fresh 897.6); seeds 3: 824.8 (842.6), level with its
+    # round 1's laptop run (828.6), the refinement's start kept. The brownian version's: 806.5,
     # its round 2 before the refinement 833.7 (fresh tracks 854.9 / 857.3; README), which the
     # final selection's init_margin (RefineConfig: 2) keeps; a third bigger round there instead
     # of the refinement: 831.6 (docs/experiments.md)
