@@ -528,6 +528,21 @@ def test_round_1s_steps_and_time_are_its_own_and_later_rounds_take_the_sections(
     assert rounds[2].iterate == config.iterate and rounds[1].iterate.rounds == 1
 
 
+def test_laptop_long_round_1_is_the_laptop_runs(tmp_path):
+    """laptop-long grows a finished laptop run: its round 1 (360 random-weights episodes, V 2,400
+    steps, M 600, CMA-ES 60 min) is laptop's, and only the later rounds differ."""
+    from worldmodels.pipeline import round_config
+
+    laptop, long = preset("laptop"), preset("laptop-long")
+    round1 = round_config(laptop, 1, tmp_path)
+    assert round1 == round_config(long, 1, tmp_path)
+    assert (round1.collect.episodes, round1.collect.policy) == (360, "random_weights")
+    assert (round1.vae.max_steps, round1.mdrnn.steps) == (2400, 600)
+    assert round1.controller.time_budget_s == 60 * 60
+    laptop2, long2 = (round_config(c, 2, tmp_path) for c in (laptop, long))
+    assert (laptop2.collect.episodes, long2.collect.episodes) == (120, 360)
+
+
 def test_resumed_earlier_rounds_record_the_rounds_own_time(two_rounds, tmp_path):
     """Killed after round 1 finished but before its stage was recorded, the resumed run records
     round 1's stage times (each kept over its own resumes), not the seconds the resume took."""

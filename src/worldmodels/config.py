@@ -531,18 +531,25 @@ LAPTOP_1ROUND = PipelineConfig(
 )
 
 # the best agent a 2-core machine trains from scratch in about 2 hours: the paper's
-# iterative procedure in two rounds. Round 1 is the laptop-1round run with 60 min of
-# CMA-ES; round 2 (warm_start, a deviation) fine-tunes round 1's V for 800 steps and M for
-# 600 on the data round 1's agent collects and refines round 1's C for 25 min. Measured on
+# iterative procedure in two rounds. Round 1 is the laptop-1round run on 360 episodes with
+# 60 min of CMA-ES; round 2 (warm_start, a deviation) fine-tunes round 1's V for 800 steps and
+# M for 600 on the data round 1's agent collects and refines round 1's C for 25 min. Measured on
 # brownian data 863.0 (a whole run from scratch, 115.6 min), and 813.9, 790.6, 797.1 (round 2
 # on three seeds over one round 1; README); cold, round 2 at 30 min gave 782.3, 12 min 664.2.
-# With round 1 on random-weights data (LAPTOP_COLLECT): 841.1, the default seeds (brownian 712.0),
-# and 828.6 with seeds 3 (brownian, an earlier version: 863.0)
+# With round 1 on 120 random-weights episodes (LAPTOP_COLLECT): 841.1, the default seeds
+# (brownian 712.0), and 828.6 with seeds 3 (brownian, an earlier version: 863.0); on 360: 837.9
+# with seeds 3
 # keep_best_round: round 2 once came out worse than round 1 (713.4 against 794.5), so
 # both rounds' agents play 64 fresh selection tracks (~2 min) and the better is kept.
 # refit_init: round 1's C is refitted onto round 2's V and M before CMA-ES (the fine-tuned V
 # had moved its latents: round 1's C scored ~120 there on one run); on laptop-long's round 2
 # of that run 833.7 against 702.3 (paired +131.4, SE 11.3; README)
+# iterate.episodes: round 1 collects 360 random-weights episodes (round 2 the collect
+# section's 120), V seeing 3x the tracks for the same 2,400 steps (+5 min of collection and
+# encoding). Against 120, on the seeds-3 lineage (the same V / M / C seeds, round 1's data a
+# superset): round 1 848.7 against 826.4 on 64 selection tracks, round 2 864.4 against 835.5;
+# the whole run 837.9 against 828.6 (paired +9.3, SE 16.7), on 200 fresh tracks 878.0
+# against 845.9 (+32.2, SE 8.9), 120.0 min (README)
 # Tried, not adopted: round 1's CMA-ES 30 min and round 2 of 240 episodes, V 1,600, M 1,200
 # (the same ~115 min): 747.4 against this preset's 712.0 on one round 1 (+35.4, SE 22.3), on
 # 200 fresh tracks 790.3 against 779.2 (+11.2, SE 12.3): level (README)
@@ -552,6 +559,7 @@ LAPTOP = dataclasses.replace(
     controller=dataclasses.replace(LAPTOP_CONTROLLER, time_budget_s=25 * 60, refit_init=True),
     iterate=IterateConfig(
         rounds=2,
+        episodes=360,
         vae_steps=2400,
         controller_budget_s=60 * 60,
         warm_start=True,
@@ -595,22 +603,24 @@ PRESETS: dict[str, PipelineConfig] = {
     "laptop-iter": dataclasses.replace(LAPTOP_1ROUND, iterate=IterateConfig(rounds=2)),
     # the laptop run with a round 2 three times its size, then its agent refined for 90 min
     # (about 4 h on 2 cores; README): round 2 collects 360 episodes with round 1's agent (round
-    # 1's 120 tracks and 240 more) and trains V for 2,400 steps and M for 1,800 (laptop: 120,
-    # 800, 600); measured on the 834.6 laptop run's round 1, that round 2 alone scored 893.9
-    # (904.1 on 200 fresh tracks), against 834.6 (871.9). The refinement: a second CMA-ES from
-    # the agent's best.npy at pop 32 x 4, sigma0 0.03, 32 + 64 selection tracks, the start
-    # competing (on the 834.6 run: 880.1). This version (random-weights round 1), one whole run
-    # from scratch (default seeds): 881.6 (fresh 897.6); seeds 3: 824.8 (842.6), level with its
-    # round 1's laptop run (828.6), the refinement's start kept. The brownian version's: 806.5,
-    # its round 2 before the refinement 833.7 (fresh tracks 854.9 / 857.3; README), which the
-    # final selection's init_margin (RefineConfig: 2) keeps; a third bigger round there instead
-    # of the refinement: 831.6 (docs/experiments.md)
+    # 1's tracks) and trains V for 2,400 steps and M for 1,800 (laptop's round 2: 120, 800,
+    # 600); round 1 is laptop's (iterate: 360 episodes, M 600 steps), so a laptop run grows
+    # into this one.
+    # Measured with round 1 on 120 episodes (the versions before): on the 834.6 laptop run's
+    # round 1, that round 2 alone scored 893.9 (904.1 on 200 fresh tracks), against 834.6
+    # (871.9). The refinement: a second CMA-ES from the agent's best.npy at pop 32 x 4, sigma0
+    # 0.03, 32 + 64 selection tracks, the start competing (on the 834.6 run: 880.1). Round 1 on
+    # 120 random-weights episodes, whole runs from scratch: 881.6 (default seeds; fresh 897.6);
+    # seeds 3: 824.8 (842.6), level with its round 1's laptop run (828.6), the refinement's
+    # start kept. On brownian data: 806.5, its round 2 before the refinement 833.7 (fresh
+    # tracks 854.9 / 857.3; README), which the final selection's init_margin (RefineConfig: 2)
+    # keeps; a third bigger round there instead of the refinement: 831.6 (docs/experiments.md)
     "laptop-long": dataclasses.replace(
         LAPTOP,
         collect=dataclasses.replace(LAPTOP_COLLECT, episodes=360),
         vae=dataclasses.replace(LAPTOP_VAE, max_steps=2400),
         mdrnn=dataclasses.replace(LAPTOP_MDRNN, steps=1800),
-        iterate=dataclasses.replace(LAPTOP.iterate, episodes=120, mdrnn_steps=600),
+        iterate=dataclasses.replace(LAPTOP.iterate, mdrnn_steps=600),
         refine=RefineConfig(time_budget_s=90 * 60),
     ),
     # CarRacing trained in M's dream: laptop-1round's data as measured (brownian) and V, M with
