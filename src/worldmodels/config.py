@@ -605,7 +605,8 @@ PRESETS: dict[str, PipelineConfig] = {
     # (about 4 h on 2 cores; README): round 2 collects 360 episodes with round 1's agent (round
     # 1's tracks) and trains V for 2,400 steps and M for 1,800 (laptop's round 2: 120, 800,
     # 600); round 1 is laptop's (iterate: 360 episodes, M 600 steps), so a laptop run grows
-    # into this one.
+    # into this one. This version, one whole run (seeds 3, grown from the 837.9 laptop run):
+    # 890.7 on seeds 0..99, 913.9 on 200 fresh tracks, the refinement kept (+29.5, SE 9.0).
     # Measured with round 1 on 120 episodes (the versions before): on the 834.6 laptop run's
     # round 1, that round 2 alone scored 893.9 (904.1 on 200 fresh tracks), against 834.6
     # (871.9). The refinement: a second CMA-ES from the agent's best.npy at pop 32 x 4, sigma0
