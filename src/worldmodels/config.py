@@ -538,7 +538,7 @@ LAPTOP_1ROUND = PipelineConfig(
 # on three seeds over one round 1; README); cold, round 2 at 30 min gave 782.3, 12 min 664.2.
 # With round 1 on 120 random-weights episodes (LAPTOP_COLLECT): 841.1, the default seeds
 # (brownian 712.0), and 828.6 with seeds 3 (brownian, an earlier version: 863.0); on 360: 837.9
-# with seeds 3
+# with seeds 3, 837.8 with the default seeds
 # keep_best_round: round 2 once came out worse than round 1 (713.4 against 794.5), so
 # both rounds' agents play 64 fresh selection tracks (~2 min) and the better is kept.
 # refit_init: round 1's C is refitted onto round 2's V and M before CMA-ES (the fine-tuned V
@@ -549,7 +549,9 @@ LAPTOP_1ROUND = PipelineConfig(
 # encoding). Against 120, on the seeds-3 lineage (the same V / M / C seeds, round 1's data a
 # superset): round 1 848.7 against 826.4 on 64 selection tracks, round 2 864.4 against 835.5;
 # the whole run 837.9 against 828.6 (paired +9.3, SE 16.7), on 200 fresh tracks 878.0
-# against 845.9 (+32.2, SE 8.9), 120.0 min (README)
+# against 845.9 (+32.2, SE 8.9), 120.0 min (README). On the default seeds' lineage level: round 1
+# 800.8 against 809.0, the whole run 837.8 against 841.1 (none < 300 against 1), on fresh tracks
+# 861.8 against 856.2; 127.0 min on a slower day of the machine
 # Tried, not adopted: round 1's CMA-ES 30 min and round 2 of 240 episodes, V 1,600, M 1,200
 # (the same ~115 min): 747.4 against this preset's 712.0 on one round 1 (+35.4, SE 22.3), on
 # 200 fresh tracks 790.3 against 779.2 (+11.2, SE 12.3): level (README)
@@ -606,7 +608,8 @@ PRESETS: dict[str, PipelineConfig] = {
     # 1's tracks) and trains V for 2,400 steps and M for 1,800 (laptop's round 2: 120, 800,
     # 600); round 1 is laptop's (iterate: 360 episodes, M 600 steps), so a laptop run grows
     # into this one. This version, one whole run (seeds 3, grown from the 837.9 laptop run):
-    # 890.7 on seeds 0..99, 913.9 on 200 fresh tracks, the refinement kept (+29.5, SE 9.0).
+    # 890.7 on seeds 0..99, 913.9 on 200 fresh EnvPool tracks and 907.9 on 200 fresh gymnasium
+    # ones, the refinement kept (+29.5, SE 9.0).
     # Measured with round 1 on 120 episodes (the versions before): on the 834.6 laptop run's
     # round 1, that round 2 alone scored 893.9 (904.1 on 200 fresh tracks), against 834.6
     # (871.9). The refinement: a second CMA-ES from the agent's best.npy at pop 32 x 4, sigma0
