@@ -19,25 +19,10 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-import torch
+from vae_coverage import reconstruct_frames  # benchmarks/, beside this script
 
 from worldmodels.vision.data import open_frame_store
 from worldmodels.vision.train import load_vae
-from worldmodels.vision.vae import frames_to_input
-
-BATCH = 256
-
-
-@torch.inference_mode()
-def frame_losses(vae, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per frame: (squared reconstruction error from z = mu, KL of q(z|frame) to N(0, I))."""
-    errors, kls = [], []
-    for start in range(0, len(frames), BATCH):
-        x = frames_to_input(frames[start : start + BATCH])
-        mu, logvar = vae.encode(x)
-        errors.append((vae.decode(mu) - x).pow(2).flatten(1).sum(1))
-        kls.append(-0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1))
-    return torch.cat(errors).numpy(), torch.cat(kls).numpy()
 
 
 def main() -> None:
@@ -49,7 +34,8 @@ def main() -> None:
     for path in args.stores:
         store = open_frame_store(path)
         frames = store.get_frames(np.arange(store.num_steps), "obs", mmap=False)
-        error, kl = frame_losses(vae, frames)
+        error, mu, logvar = (t.numpy() for t in reconstruct_frames(vae, frames))
+        kl = -0.5 * (1 + logvar - mu**2 - np.exp(logvar)).sum(1)  # q(z|frame) to N(0, I)
         per_episode = np.add.reduceat(error, store.offsets[:-1]) / store.lengths
         se = per_episode.std(ddof=1) / np.sqrt(len(per_episode))  # episodes, not frames
         colour = " ".join(f"{c:.1f}" for c in frames.mean(axis=(0, 1, 2)))

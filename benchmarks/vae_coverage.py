@@ -31,16 +31,22 @@ def even_frames(store: EpisodeStore, count: int) -> np.ndarray:
 
 
 @torch.inference_mode()
-def coverage(vae, frames: np.ndarray, batch: int = 500) -> tuple[float, int]:
-    errors, sigmas = [], []
+def reconstruct_frames(vae, frames: np.ndarray, batch: int = 500):
+    """Per frame: (squared reconstruction error from z = mu, posterior mu, posterior logvar)."""
+    errors, mus, logvars = [], [], []
     for i in range(0, len(frames), batch):
         x = frames_to_input(frames[i : i + batch], "cpu")
         mu, logvar = vae.encode(x)
-        recon = vae.decode(mu)
-        errors.append((recon - x).pow(2).flatten(1).sum(1))
-        sigmas.append(torch.exp(0.5 * logvar))
-    sigma = torch.cat(sigmas).mean(0)
-    return float(torch.cat(errors).mean()), int((sigma < LIVE_SIGMA).sum())
+        errors.append((vae.decode(mu) - x).pow(2).flatten(1).sum(1))
+        mus.append(mu)
+        logvars.append(logvar)
+    return torch.cat(errors), torch.cat(mus), torch.cat(logvars)
+
+
+def coverage(vae, frames: np.ndarray) -> tuple[float, int]:
+    errors, _, logvar = reconstruct_frames(vae, frames)
+    sigma = torch.exp(0.5 * logvar).mean(0)
+    return float(errors.mean()), int((sigma < LIVE_SIGMA).sum())
 
 
 def main() -> None:
