@@ -607,7 +607,7 @@ PRESETS: dict[str, PipelineConfig] = {
     # (about 4 h on 2 cores; README): round 2 collects 360 episodes with round 1's agent (round
     # 1's tracks) and trains V for 2,400 steps and M for 1,800 (laptop's round 2: 120, 800,
     # 600); round 1 is laptop's (iterate: 360 episodes, M 600 steps), so a laptop run grows
-    # into this one. This version, one whole run (seeds 3, grown from the 837.9 laptop run):
+    # into this one. This version, two whole runs: seeds 3 (grown from the 837.9 laptop run):
     # 890.7 on seeds 0..99, 913.9 on 200 fresh EnvPool tracks and 907.9 on 200 fresh gymnasium
     # ones, the refinement kept (+29.5, SE 9.0); the default seeds (grown from the 837.8 laptop
     # run): 864.7 (897.7 on 200 fresh EnvPool tracks), the refinement kept (+34.1, SE 13.3),
