@@ -610,8 +610,8 @@ PRESETS: dict[str, PipelineConfig] = {
     # into this one. This version, two whole runs: seeds 3 (grown from the 837.9 laptop run):
     # 890.7 on seeds 0..99, 913.9 on 200 fresh EnvPool tracks and 907.9 on 200 fresh gymnasium
     # ones, the refinement kept (+29.5, SE 9.0); the default seeds (grown from the 837.8 laptop
-    # run): 864.7 (897.7 on 200 fresh EnvPool tracks), the refinement kept (+34.1, SE 13.3),
-    # ~238 min alone.
+    # run): 864.7 (896.7 / 897.7 on 200 fresh gymnasium / EnvPool tracks), the refinement kept
+    # (+34.1, SE 13.3), ~238 min alone.
     # Measured with round 1 on 120 episodes (the versions before): on the 834.6 laptop run's
     # round 1, that round 2 alone scored 893.9 (904.1 on 200 fresh tracks), against 834.6
     # (871.9). The refinement: a second CMA-ES from the agent's best.npy at pop 32 x 4, sigma0
